@@ -1,0 +1,245 @@
+import io
+
+import pytest
+import torch
+
+from conftest import small_config
+from trainable.data import augment, build_training_data, generator, stratified_subset
+from trainable.datasets import load_dataset
+from trainable.engine import Engine, NonFiniteLossError, mix_step, separate_mix_step, sl_step, ssl_step
+from trainable.losses import mae_loss, sl_loss
+from trainable.models import MODEL_CONFIGS, MixViT, select_tokens
+
+TIMING_KEYS = {"epoch_time_s", "train_time_s", "images_per_s"}
+
+
+def _model_and_batch(tasks=1, b=8):
+    torch.manual_seed(0)
+    model = MixViT(MODEL_CONFIGS["test"], [10] * tasks)
+    x = torch.randn(b * tasks, 3, 16, 16)
+    ys = [torch.randint(0, 10, (b,)) for _ in range(tasks)]
+    return model, x, ys
+
+
+def _count_encoder_calls(model):
+    calls = []
+    inner = model.forward_encoder
+    model.forward_encoder = lambda *a, **k: calls.append(a) or inner(*a, **k)
+    return calls
+
+
+def _strip_timing(metrics):
+    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]
+
+
+def _run(engine, epochs=None):
+    out = []
+    while not engine.done and (epochs is None or len(out) < epochs):
+        out.append(engine.run_epoch())
+    return out
+
+
+# --- step functions -----------------------------------------------------------------------------
+
+def test_mix_step__one_encoder_pass_and_loss_is_alpha_weighted_sum_of_its_parts():
+    model, x, ys = _model_and_batch()
+    calls = _count_encoder_calls(model)
+    loss, parts, _ = mix_step(model, x, ys, 0.3, 0.75, generator(7))
+    assert len(calls) == 1
+    assert len(calls[0]) == 1, "the merged step encodes all tokens (no ids_keep)"
+    assert loss.item() == pytest.approx(0.3 * parts["loss_ssl"].item() + 0.7 * parts["loss_sl"].item(), rel=1e-6)
+    # The parts are the real losses: recompute them from the same encoder output and mask.
+    tokens = model.encoder.forward_features(x)
+    assert parts["loss_sl"].item() == pytest.approx(sl_loss(model.forward_heads(tokens), ys).item(), rel=1e-5)
+    ids_keep, mask, ids_restore = model.random_masking(8, 16, 0.75, generator(7), x.device)
+    pred = model.forward_decoder(select_tokens(tokens, ids_keep), ids_restore)
+    assert parts["loss_ssl"].item() == pytest.approx(mae_loss(pred, model.patchify(x), mask).item(), rel=1e-5)
+
+
+def test_separate_mix_step__two_encoder_passes_with_the_same_weighting():
+    model, x, ys = _model_and_batch()
+    calls = _count_encoder_calls(model)
+    loss, parts, _ = separate_mix_step(model, x, ys, 0.5, 0.75, generator(0))
+    assert len(calls) == 2
+    assert loss.item() == pytest.approx(0.5 * parts["loss_ssl"].item() + 0.5 * parts["loss_sl"].item(), rel=1e-6)
+
+
+def test_ssl_step__encoder_sees_a_quarter_of_the_patch_tokens():
+    model, x, _ = _model_and_batch()
+    seen = []
+    model.encoder.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    ssl_step(model, x, 0.75, generator(0))
+    assert seen == [torch.Size([8, 1 + 16 // 4, 32])]  # class token + 25% of 16 patches
+
+
+def _params_with_grad(model):
+    return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def test_steps__gradients_reach_exactly_the_parameters_of_their_phase():
+    model, x, ys = _model_and_batch()
+    names = {n for n, _ in model.named_parameters()}
+    encoder = {n for n in names if n.startswith("encoder.")}
+    decoder = {n for n in names if n.startswith(("decoder_", "mask_token"))}
+    heads = {n for n in names if n.startswith("heads.")}
+    assert encoder | decoder | heads == names
+
+    ssl_step(model, x, 0.75, generator(0))[0].backward()
+    assert _params_with_grad(model) == encoder | decoder
+    model.zero_grad(set_to_none=True)
+    sl_step(model, x, ys)[0].backward()
+    assert _params_with_grad(model) == encoder | heads
+    model.zero_grad(set_to_none=True)
+    mix_step(model, x, ys, 0.5, 0.75, generator(0))[0].backward()
+    assert _params_with_grad(model) == names
+
+
+def test_multi_task_step__each_head_sees_only_its_own_rows():
+    model, x, ys = _model_and_batch(tasks=2, b=4)
+    logits = model.forward_heads(model.forward_encoder(x), [4, 4])
+    assert [tuple(z.shape) for z in logits] == [(4, 10), (4, 10)]
+    sl_step(model, x, ys)[0].backward()
+    assert model.heads[0].weight.grad.abs().sum() > 0 and model.heads[1].weight.grad.abs().sum() > 0
+
+
+# --- the engine -----------------------------------------------------------------------------------
+
+def test_engine__ssl_phase_leaves_heads_and_sl_phase_leaves_decoder_untouched(digits_data):
+    eng = Engine(small_config(e_ssl=1, e_sl=1, rho=0.0), data=digits_data)  # plan: 1 SSL, 1 SL
+    heads0 = {k: v.clone() for k, v in eng.model.heads.state_dict().items()}
+    enc0 = eng.model.encoder.patch_embed.proj.weight.clone()
+    eng.run_epoch()
+    assert all(torch.equal(v, eng.model.heads.state_dict()[k]) for k, v in heads0.items())
+    assert not torch.equal(enc0, eng.model.encoder.patch_embed.proj.weight)
+    dec1 = [p.clone() for p in eng.model.decoder_parameters()]
+    eng.run_epoch()
+    assert all(torch.equal(a, b) for a, b in zip(dec1, eng.model.decoder_parameters()))
+    assert not all(torch.equal(v, eng.model.heads.state_dict()[k]) for k, v in heads0.items())
+
+
+def test_engine__metrics_per_phase(digits_data):
+    metrics = _run(Engine(small_config(), data=digits_data))  # plan: 1 SSL, 1 mix, 1 SL
+    assert [m["phase"] for m in metrics] == ["ssl", "mix", "sl"]
+    assert [m["sl_epochs"] for m in metrics] == [0, 1, 2]
+    assert "val_acc" not in metrics[0] and "loss_sl" not in metrics[0]
+    assert {"loss_ssl", "loss_sl", "val_acc", "val_acc/digits"} <= set(metrics[1])
+    assert "loss_ssl" not in metrics[2] and 0.0 <= metrics[2]["val_acc"] <= 1.0
+    assert metrics[-1]["done"] and not metrics[0]["done"]
+    assert metrics[0]["compute_gtok"] < metrics[1]["compute_gtok"] < metrics[2]["compute_gtok"]
+    assert metrics[2]["train_time_s"] == pytest.approx(sum(m["epoch_time_s"] for m in metrics))
+
+
+def test_engine__same_seed_same_metrics_and_another_seed_differs(digits_data):
+    a = _strip_timing(_run(Engine(small_config(), data=digits_data)))
+    b = _strip_timing(_run(Engine(small_config(), data=digits_data)))
+    c = _strip_timing(_run(Engine(small_config(seed=1), data=digits_data)))
+    assert a == b
+    assert a[0]["loss_ssl"] != c[0]["loss_ssl"]
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])  # inside the SSL phase; after the mix phase (optimiser carried over)
+def test_engine__save_load_continue_gives_exactly_the_uninterrupted_run(digits_data, stop_after):
+    cfg = small_config(e_ssl=3, e_sl=3, rho=0.34)  # plan: 2 SSL, 1 mix, 2 SL
+    full_engine = Engine(cfg, data=digits_data)
+    full = _strip_timing(_run(full_engine))
+
+    first = Engine(cfg, data=digits_data)
+    _run(first, stop_after)
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    resumed = Engine(cfg, data=digits_data)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    rest = _strip_timing(_run(resumed))
+    assert rest == full[stop_after:]
+    for k, v in full_engine.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_engine__load_state_dict_rejects_another_config(digits_data):
+    state = Engine(small_config(), data=digits_data).state_dict()
+    with pytest.raises(ValueError, match=r"different config.*alpha"):
+        Engine(small_config(alpha=0.9), data=digits_data).load_state_dict(state)
+
+
+def test_engine__ssl_only_phase_does_not_depend_on_alpha_rho_lam_or_e_sl(digits_data):
+    a = Engine(small_config(e_ssl=4, e_sl=4, rho=0.25, alpha=0.5, lam=0.5), data=digits_data)  # 3 SSL-only
+    b = Engine(small_config(e_ssl=4, e_sl=6, rho=0.5, alpha=0.9, lam=0.1), data=digits_data)  # 2 SSL-only
+    assert _strip_timing(_run(a, 2)) == _strip_timing(_run(b, 2))
+    for k, v in a.model.state_dict().items():
+        if not k.startswith("heads."):
+            assert torch.equal(v, b.model.state_dict()[k]), k
+    assert a.optimizer.state_dict()["state"].keys() == b.optimizer.state_dict()["state"].keys()
+
+
+def test_engine__sl_on_bundled_digits_is_well_above_chance(digits_data):
+    eng = Engine(small_config(method="sl", e_sl=8, batch_size=32, sl_lr=1.6e-2), data=digits_data)
+    _run(eng)
+    assert eng.evaluate("test")["acc"] > 0.35  # chance is 0.10
+
+
+def test_engine__non_finite_loss_stops_with_a_clear_error(digits_data):
+    eng = Engine(small_config(method="sl", e_sl=2, sl_lr=1e30, sl_warmup=0.0), data=digits_data)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss in epoch 1 \(sl phase\).*lower it"):
+        _run(eng)
+
+
+def test_engine__multi_task_reports_accuracy_per_task_and_their_mean():
+    cfg = small_config(datasets=("digits", "mnist"), method="sl", e_sl=1)
+    m = Engine(cfg).run_epoch()
+    assert m["val_acc"] == pytest.approx((m["val_acc/digits"] + m["val_acc/mnist"]) / 2)
+
+
+def test_engine__different_ssl_dataset_mixes_images_with_lambda():
+    cfg = small_config(ssl_dataset="mnist", lam=1.0, rho=1.0, e_ssl=1, e_sl=1)
+    eng = Engine(cfg)
+    assert not eng.data.ssl_is_sl
+    x = torch.randn(4, 3, 16, 16)
+    assert torch.equal(eng._mix_images(x, generator(0)), x)  # lam = 1: pure SL images
+    eng_half = Engine(cfg.replace(lam=0.5), data=eng.data)
+    mixed = eng_half._mix_images(x, generator(0))
+    x_ssl = 2 * mixed - x  # Eq. (2) solved for x_ssl must be a (normalised, augmented) SSL image
+    assert x_ssl.min() >= -1 - 1e-5 and x_ssl.max() <= 1 + 1e-5
+    assert eng.run_epoch()["phase"] == "mix"
+
+
+def test_engine__reconstruct_returns_original_masked_and_reconstruction(digits_data):
+    eng = Engine(small_config(), data=digits_data)
+    orig, masked, recon = eng.reconstruct(4)
+    assert orig.shape == masked.shape == recon.shape == (4, 3, 16, 16)
+    assert 0 <= recon.min() and recon.max() <= 1
+    visible = masked != 0.5  # masked patches are zero in [-1, 1], i.e. 0.5 in [0, 1]
+    assert torch.equal(recon[visible], orig[visible])
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def test_augment__crop_is_a_window_of_the_zero_padded_image_and_flip_mirrors():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.int64).remainder(256).to(torch.uint8).view(2, 3, 8, 8)
+    out = augment(x, 2, False, generator(3))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        assert any(torch.equal(out[i], padded[i, :, r:r + 8, c:c + 8]) for r in range(5) for c in range(5))
+    assert torch.equal(augment(x, 2, False, generator(3)), out)  # seeded
+    flipped = augment(x, 0, True, generator(0))
+    assert all(torch.equal(f, o) or torch.equal(f, o.flip(2)) for f, o in zip(flipped, x))
+
+
+def test_stratified_subset__deterministic_and_keeps_class_proportions():
+    labels = torch.tensor([0] * 100 + [1] * 50 + [2] * 10)
+    a = stratified_subset(labels, 0.2, generator(5))
+    assert torch.equal(a, stratified_subset(labels, 0.2, generator(5)))
+    assert not torch.equal(a, stratified_subset(labels, 0.2, generator(6)))
+    assert torch.bincount(labels[a]).tolist() == [20, 10, 2]
+
+
+def test_build_training_data__fraction_is_seeded_and_validation_is_fixed():
+    digits = load_dataset("digits")
+    build = lambda frac, seed: build_training_data([digits], None, frac, 0.1, seed, 16, torch.device("cpu"))  # noqa: E731
+    half0, half0b, half1 = build(0.5, 0), build(0.5, 0), build(0.5, 1)
+    assert torch.equal(half0.tasks[0].train.labels, half0b.tasks[0].train.labels)
+    assert not torch.equal(half0.tasks[0].train.images, half1.tasks[0].train.images)
+    assert torch.equal(half0.tasks[0].val.images, half1.tasks[0].val.images)  # same validation set
+    full = build(1.0, 0).tasks[0]
+    assert len(half0.tasks[0].train.labels) == pytest.approx(len(full.train.labels) / 2, abs=10)
+    assert half0.tasks[0].train.images.shape[1:] == (3, 16, 16)  # 8x8 grey -> the model's input

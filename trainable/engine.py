@@ -1,0 +1,339 @@
+"""The MixTraining engine: one generic epoch loop and one step function per phase.
+
+`Engine(cfg).run_epoch()` trains one epoch of the phase plan (Algorithm 1) and returns a flat
+metrics dict; `state_dict()` / `load_state_dict()` resume exactly. The Ray Trainable and the
+`trainable.train` command both drive this class.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from timm.optim import param_groups_weight_decay
+
+from trainable import datasets
+from trainable.config import MixConfig, model_name, optim_settings, plan
+from trainable.data import (TrainingData, augment, build_training_data, epoch_batches, generator,
+                            normalize, stream_seed)
+from trainable.losses import mae_loss, mixed_loss, sl_loss
+from trainable.models import MODEL_CONFIGS, MixViT, select_tokens
+from trainable.schedule import MIX, SL, SSL, lr_at
+
+log = logging.getLogger(__name__)
+
+# Keys of the config that do not change what is trained (where data lives, how to fetch it).
+_NON_TRAJECTORY_FIELDS = ("data_dir", "download", "device")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; training cannot continue meaningfully."""
+
+
+# --- step functions: each returns the loss to back-propagate and detached parts ---------------
+
+def ssl_step(model: MixViT, x: torch.Tensor, mask_ratio: float, gen: torch.Generator):
+    """Vanilla MAE: the encoder sees only the visible (1 - mask_ratio) of the patches.
+
+    x: (B, C, H, W) normalised images.
+    """
+    ids_keep, mask, ids_restore = model.random_masking(
+        x.shape[0], model.cfg.num_patches, mask_ratio, gen, x.device)
+    tokens = model.forward_encoder(x, ids_keep)
+    pred = model.forward_decoder(tokens, ids_restore)
+    loss = mae_loss(pred, model.patchify(x), mask)
+    return loss, {"loss_ssl": loss.detach()}, _block_tokens(model, tokens, ids_restore)
+
+
+def sl_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor]):
+    """Supervised step on all tokens. x: (B, C, H, W); labels: one (B_t,) tensor per task, in batch order."""
+    tokens = model.forward_encoder(x)
+    loss = sl_loss(model.forward_heads(tokens, [len(y) for y in labels]), labels)
+    return loss, {"loss_sl": loss.detach()}, tokens.shape[0] * tokens.shape[1] * model.cfg.depth
+
+
+def mix_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor], alpha: float,
+             mask_ratio: float, gen: torch.Generator):
+    """Merged mix step (Sec. 2.2.1, App. A.2): ONE encoder pass over all tokens.
+
+    The heads read the full features; a random (1 - mask_ratio) of the encoder's output patch
+    tokens go to the decoder, which reconstructs the masked patches. One loss, one backward.
+    """
+    tokens = model.forward_encoder(x)
+    l_sl = sl_loss(model.forward_heads(tokens, [len(y) for y in labels]), labels)
+    ids_keep, mask, ids_restore = model.random_masking(
+        x.shape[0], model.cfg.num_patches, mask_ratio, gen, x.device)
+    pred = model.forward_decoder(select_tokens(tokens, ids_keep), ids_restore)
+    l_ssl = mae_loss(pred, model.patchify(x), mask)
+    compute = (tokens.shape[0] * tokens.shape[1] * model.cfg.depth
+               + tokens.shape[0] * tokens.shape[1] * model.cfg.decoder_depth)
+    return mixed_loss(l_ssl, l_sl, alpha), {"loss_ssl": l_ssl.detach(), "loss_sl": l_sl.detach()}, compute
+
+
+def separate_mix_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor], alpha: float,
+                      mask_ratio: float, gen: torch.Generator):
+    """Ablation of the merge: a true MAE pass and an SL pass on the same batch, same weighting."""
+    l_ssl, _, c_ssl = ssl_step(model, x, mask_ratio, gen)
+    l_sl, _, c_sl = sl_step(model, x, labels)
+    return mixed_loss(l_ssl, l_sl, alpha), {"loss_ssl": l_ssl.detach(), "loss_sl": l_sl.detach()}, c_ssl + c_sl
+
+
+def _block_tokens(model: MixViT, visible: torch.Tensor, ids_restore: torch.Tensor) -> int:
+    """Tokens x transformer blocks of an MAE pass: the deterministic compute count."""
+    b, n = ids_restore.shape
+    return b * visible.shape[1] * model.cfg.depth + b * (n + 1) * model.cfg.decoder_depth
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def load_training_data(cfg: MixConfig, device: torch.device) -> TrainingData:
+    """Load the config's datasets from disk (or the bundled ones) onto `device`."""
+    sets = [datasets.load_dataset(d, cfg.data_dir, cfg.download) for d in cfg.datasets]
+    ssl_set = None
+    if cfg.ssl_dataset is not None and cfg.ssl_dataset not in cfg.datasets:
+        ssl_set = datasets.load_dataset(cfg.ssl_dataset, cfg.data_dir, cfg.download)
+    img_size = MODEL_CONFIGS[model_name(cfg)].img_size
+    return build_training_data(sets, ssl_set, cfg.fraction, cfg.val_frac, cfg.seed, img_size, device)
+
+
+class Engine:
+    """Trains one configuration, one epoch per `run_epoch()` call."""
+
+    def __init__(self, cfg: MixConfig, data: TrainingData | None = None):
+        self.cfg = cfg
+        self.plan = plan(cfg)
+        self.device = resolve_device(cfg.device)
+        self.model_cfg = MODEL_CONFIGS[model_name(cfg)]
+        self.data = data if data is not None else load_training_data(cfg, self.device)
+        cuda = self.device.type == "cuda"
+        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and cuda)
+        # Encoder/decoder init draws from its own seed and the heads from another, so the
+        # SSL-only phase does not depend on the SL task (its number of classes).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stream_seed(cfg.seed, "init", 0))
+            self.model = MixViT(self.model_cfg, [t.num_classes for t in self.data.tasks])
+            torch.manual_seed(stream_seed(cfg.seed, "heads", 0))
+            self.model.reset_heads([t.num_classes for t in self.data.tasks])
+        self.model.to(self.device)
+        self._encoder_fwd = self.model.forward_encoder
+        if cfg.compile == "on" or (cfg.compile == "auto" and cuda):
+            # Compiling the bound method keeps state_dict keys unchanged; full batches keep shapes static.
+            self.model.forward_encoder = torch.compile(self.model.forward_encoder)
+        self.epoch = 0  # epochs completed
+        self.opt_kind: str | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.train_time_s = 0.0
+        self.compute = 0  # block-token passes so far
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.plan.total
+
+    # --- optimiser and learning rate ---
+    def _opt_kind(self, phase: str) -> str:
+        return {SSL: "ssl", SL: "sl", MIX: self.cfg.mix_optim}[phase]
+
+    def _ensure_optimizer(self, kind: str) -> None:
+        """A fresh AdamW when the settings change (SSL -> SL); its state carries over otherwise.
+
+        The optimiser holds every parameter; AdamW skips those without a gradient, so the heads
+        stay untouched in the SSL-only phase and the decoder in the SL-only phase.
+        """
+        if kind == self.opt_kind:
+            return
+        s = optim_settings(self.cfg, kind)
+        groups = param_groups_weight_decay(self.model, s.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=s.betas,
+                                           fused=self.device.type == "cuda")
+        self.opt_kind = kind
+
+    def lr(self, kind: str, epoch: float) -> float:
+        """LR at fractional training `epoch` (0-based) for the SSL or SL schedule."""
+        s = optim_settings(self.cfg, kind)
+        # The SSL schedule starts at epoch 0; the SL schedule at the start of the mix phase.
+        local = epoch if kind == "ssl" else epoch - self.plan.ssl
+        return lr_at(local, s.lr, s.warmup_epochs, s.total_epochs)
+
+    # --- batches ---
+    def _ssl_batches(self, gen: torch.Generator) -> list[torch.Tensor]:
+        n = len(self.data.ssl_images)
+        b = min(self.cfg.batch_size, n)
+        return epoch_batches(n, b, math.ceil(n / b), gen)
+
+    def _sl_batches(self, gen: torch.Generator) -> list[list[torch.Tensor]]:
+        """Per step, one index batch per task; an epoch is one pass over the largest task."""
+        tasks = self.data.tasks
+        sizes = [min(math.ceil(self.cfg.batch_size / len(tasks)), len(t.train.labels)) for t in tasks]
+        steps = max(math.ceil(len(t.train.labels) / b) for t, b in zip(tasks, sizes))
+        per_task = [epoch_batches(len(t.train.labels), b, steps, gen) for t, b in zip(tasks, sizes)]
+        return [list(step) for step in zip(*per_task)]
+
+    def _ssl_input(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = self.data.ssl_images[idx.to(self.device)]
+        return normalize(augment(x, self._pad(), self.data.ssl_flip, gen))
+
+    def _sl_input(self, idxs: list[torch.Tensor], gen: torch.Generator):
+        xs, ys = [], []
+        for t, idx in zip(self.data.tasks, idxs):
+            idx = idx.to(self.device)
+            xs.append(normalize(augment(t.train.images[idx], self._pad(), t.flip, gen)))
+            ys.append(t.train.labels[idx])
+        return torch.cat(xs), ys
+
+    def _pad(self) -> int:
+        return self.model_cfg.img_size // 8  # App. A.3: 4-pixel padding at 32x32
+
+    # --- the epoch loop ---
+    def run_epoch(self) -> dict[str, Any]:
+        if self.done:
+            raise RuntimeError(f"all {self.plan.total} epochs of the plan are done")
+        e, cfg = self.epoch, self.cfg
+        phase = self.plan.phase_at(e)
+        kind = self._opt_kind(phase)
+        self._ensure_optimizer(kind)
+        gen_order = generator(stream_seed(cfg.seed, phase, e))
+        gen_aug = generator(stream_seed(cfg.seed, phase + "/aug", e), self.device)
+        batches = self._ssl_batches(gen_order) if phase == SSL else self._sl_batches(gen_order)
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext())
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        images, compute = 0, 0
+        self._sync()
+        t0 = time.perf_counter()
+        for i, batch in enumerate(batches):
+            lr = self.lr(kind, e + i / len(batches))
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            with autocast:
+                if phase == SSL:
+                    x = self._ssl_input(batch, gen_aug)
+                    loss, parts, c = ssl_step(self.model, x, cfg.mask_ratio, gen_aug)
+                else:
+                    x, ys = self._sl_input(batch, gen_aug)
+                    if phase == SL:
+                        loss, parts, c = sl_step(self.model, x, ys)
+                    else:
+                        if not self.data.ssl_is_sl:
+                            x = self._mix_images(x, gen_aug)
+                        step = mix_step if cfg.mix_step == "merged" else separate_mix_step
+                        loss, parts, c = step(self.model, x, ys, cfg.alpha, cfg.mask_ratio, gen_aug)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0) + v.float()
+            images += x.shape[0]
+            compute += c
+        self._sync()
+        wall = time.perf_counter() - t0
+        means = {k: (v / len(batches)).item() for k, v in sums.items()}
+        if not all(math.isfinite(v) for v in means.values()):
+            raise NonFiniteLossError(
+                f"non-finite loss in epoch {e + 1} ({phase} phase): "
+                + ", ".join(f"{k}={v}" for k, v in means.items())
+                + f". The learning rate was {lr:.3g}; lower it (ssl_lr / sl_lr) or check the data.")
+        self.epoch += 1
+        self.train_time_s += wall
+        self.compute += compute
+        metrics: dict[str, Any] = {
+            "epoch": self.epoch, "phase": phase, **means, "lr": lr,
+            "epoch_time_s": wall, "train_time_s": self.train_time_s,
+            "images_per_s": images / wall, "compute_gtok": self.compute / 1e9,
+            "sl_epochs": self.plan.sl_epochs_before(self.epoch), "done": self.done,
+        }
+        if phase != SSL:  # validation accuracy means something only once the classifier trained
+            metrics.update({f"val_{k}": v for k, v in self.evaluate("val").items()})
+        return metrics
+
+    def _mix_images(self, x_sl: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        # Eq. (2): x_mix = lam * x_sl + (1 - lam) * x_ssl, a random x_ssl for every sample.
+        n = len(self.data.ssl_images)
+        idx = torch.randint(0, n, (x_sl.shape[0],), generator=gen, device=self.device)
+        x_ssl = normalize(augment(self.data.ssl_images[idx], self._pad(), self.data.ssl_flip, gen))
+        return self.cfg.lam * x_sl + (1 - self.cfg.lam) * x_ssl
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # --- evaluation ---
+    @torch.no_grad()
+    def evaluate(self, split: str = "val", batch_size: int = 1024) -> dict[str, float]:
+        """Accuracy per task (`acc/<name>`) and their mean (`acc`) on 'val' or 'test'."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split: expected 'val' or 'test', got {split!r}")
+        self.model.eval()
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext())
+        out = {}
+        for t, head in zip(self.data.tasks, self.model.heads):
+            s = getattr(t, split)
+            if len(s.labels) == 0:
+                continue
+            correct = torch.zeros((), device=self.device)
+            for i in range(0, len(s.labels), batch_size):
+                with autocast:
+                    tokens = self._encoder_fwd(normalize(s.images[i:i + batch_size]))
+                    correct += (head(tokens[:, 0]).argmax(-1) == s.labels[i:i + batch_size]).sum()
+            out[f"acc/{t.name}"] = correct.item() / len(s.labels)
+        if out:
+            out["acc"] = sum(out.values()) / len(out)
+        return out
+
+    @torch.no_grad()
+    def reconstruct(self, n: int = 8, split: str = "test"):
+        """Fig. 4: (original, masked, reconstructed) images in [0, 1], each (n, C, H, W).
+
+        The reconstruction shows the visible patches as given and the decoder's prediction for
+        the masked ones, on the first n images of the first task's `split`, with a fixed mask.
+        """
+        self.model.eval()
+        x = normalize(getattr(self.data.tasks[0], split).images[:n])
+        gen = generator(stream_seed(self.cfg.seed, "reconstruct", 0), self.device)
+        ids_keep, mask, ids_restore = self.model.random_masking(
+            x.shape[0], self.model_cfg.num_patches, self.cfg.mask_ratio, gen, self.device)
+        pred = self.model.forward_decoder(self._encoder_fwd(x, ids_keep), ids_restore).float()
+        m = mask.unsqueeze(-1)
+        patches = self.model.patchify(x)
+        masked = self.model.unpatchify(patches * (1 - m))
+        recon = self.model.unpatchify(patches * (1 - m) + pred * m)
+        to01 = lambda t: ((t + 1) / 2).clamp(0, 1).cpu()  # noqa: E731
+        return to01(x), to01(masked), to01(recon)
+
+    # --- state ---
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "opt_kind": self.opt_kind,
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "train_time_s": self.train_time_s,
+            "compute": self.compute,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine, theirs = self.cfg.to_dict(), dict(state["config"])
+        diff = sorted(k for k in mine if k not in _NON_TRAJECTORY_FIELDS and mine[k] != theirs.get(k))
+        if diff:
+            raise ValueError(f"checkpoint was trained with a different config: fields {diff} differ")
+        self.model.load_state_dict(state["model"])
+        self.opt_kind, self.optimizer = None, None
+        if state["opt_kind"] is not None:
+            self._ensure_optimizer(state["opt_kind"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = state["epoch"]
+        self.train_time_s = state["train_time_s"]
+        self.compute = state["compute"]
+        torch.set_rng_state(state["torch_rng"])
