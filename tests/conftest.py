@@ -20,3 +20,15 @@ def digits_data():
 
 # One intra-op thread: on 2 shared cores, OpenMP's second thread makes small tensor ops many times slower.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance for the whole test session, capped at 2 CPUs; yields its address."""
+    import os
+
+    import ray
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ctx.address_info["gcs_address"]
+    ray.shutdown()

@@ -1,0 +1,157 @@
+"""`tuning/search.py` end to end on one session-wide Ray instance: tiny model, bundled digits."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from ray.tune.utils import validate_save_restore
+
+from trainable.tune_trainable import MixTrainable
+from tuning import search
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--dataset", "digits", "--model", "test", "--verbose", "0", "--cpus-per-trial", "1"]
+
+
+def run_search(tmp_path, *argv):
+    parser = search.build_parser()
+    args = parser.parse_args([*TINY, "--storage-path", str(tmp_path), *argv])
+    search.validate(args, parser)
+    return search.run(args)
+
+
+def trial_results(exp_dir: Path) -> dict[str, list[dict]]:
+    """Every trial's reported results, read from Ray's result.json files."""
+    out = {}
+    for f in exp_dir.glob("*/result.json"):
+        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        if lines:
+            out[lines[0]["trial_id"]] = lines
+    return out
+
+
+def _trainable_config(**kw):
+    from conftest import small_config
+    return {**small_config(**kw).to_dict(), "_threads": 1}
+
+
+def test_trainable__validate_save_restore(ray_cluster):
+    cls = type("ValidatedMix", (MixTrainable,), {})
+    assert validate_save_restore(cls, config=_trainable_config(e_ssl=3, e_sl=3))
+
+
+def test_trainable__restore_continues_exactly(tmp_path):
+    cfg = _trainable_config(e_ssl=3, e_sl=3, rho=0.34)
+    full = MixTrainable(config=cfg)
+    ref = [full.train() for _ in range(5)]
+    part = MixTrainable(config=cfg)
+    for _ in range(3):
+        part.train()
+    ckpt = part.save(str(tmp_path / "ckpt"))
+    resumed = MixTrainable(config=cfg)
+    resumed.restore(ckpt)
+    rest = [resumed.train() for _ in range(2)]
+    for a, b in zip(ref[3:], rest):
+        assert (a["epoch"], a["phase"], a["loss_sl"], a["val_acc"], a["test_acc"] if "test_acc" in a else None) == \
+               (b["epoch"], b["phase"], b["loss_sl"], b["val_acc"], b["test_acc"] if "test_acc" in b else None)
+    for k, v in full.engine.model.state_dict().items():
+        assert torch.equal(v, resumed.engine.model.state_dict()[k])
+    for t in (full, part, resumed):
+        t.stop()
+
+
+def test_search__asha_with_optuna_end_to_end(ray_cluster, tmp_path, capsys):
+    df = run_search(tmp_path, "--space", "smoke", "--name", "asha", "--num-samples", "4", "--fraction", "0.5",
+                    "--grace-period", "1")
+    base = df[df["method"] != "mixtraining"]
+    assert sorted(base["method"]) == ["sl", "ssl_sl"]  # once each: one budget, one fraction, one seed
+    mix = df[df["method"] == "mixtraining"]
+    assert len(mix) == 4 and df["error"].isna().all()
+    assert set(mix["alpha"]) <= {0.1, 0.9} and set(mix["rho"]) <= {0.5, 1.0}
+    assert base["done"].all()
+    # A trial ASHA stopped early had trained its classifier first.
+    assert (mix[~mix["done"]]["sl_epochs"] >= 1).all()
+    out = capsys.readouterr().out
+    assert "| 0.5 | 2 | SL |" in out and "| 0.5 | 2 | SSL+SL |" in out and "MixTraining" in out
+    assert (tmp_path / "asha" / "comparison.csv").exists()
+
+
+def test_search__grid_over_paper_space_runs_each_combination_once_plus_baselines(ray_cluster, tmp_path):
+    df = run_search(tmp_path, "--space", "paper", "--search", "grid", "--scheduler", "fifo", "--name", "grid",
+                    "--epoch-scale", "0.02", "--fraction", "0.05", "--checkpoint-every", "100")
+    mix = df[df["method"] == "mixtraining"]
+    assert len(mix) == 5 * 4 * 3  # alpha x rho x epochs
+    assert (mix.groupby(["alpha", "rho"]).size() == 3).all()  # the three budgets (50/75/100 -> 1/2/2 epochs)
+    assert sorted(set(zip(mix["alpha"], mix["rho"]))) == sorted(
+        (a, r) for a in (0.01, 0.1, 0.5, 0.9, 0.99) for r in (0.25, 0.5, 0.75, 1.0))
+    base = df[df["method"] != "mixtraining"]
+    assert sorted(zip(base["method"], base["epochs"])) == [("sl", 1), ("sl", 2), ("ssl_sl", 1), ("ssl_sl", 2)]
+    assert df["done"].all() and df["error"].isna().all()
+
+
+def test_search__resumes_after_the_driver_is_killed(ray_cluster, tmp_path):
+    name = "killed"
+    cmd = [sys.executable, str(REPO / "tuning" / "search.py"), *TINY, "--space", "smoke", "--name", name,
+           "--num-samples", "4", "--scheduler", "fifo", "--storage-path", str(tmp_path), "--address", ray_cluster,
+           "--max-concurrent", "2"]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    exp = tmp_path / name
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            done = {t for t, rs in trial_results(exp).items() if rs[-1].get("done")}
+            if len(done) >= 2:
+                break
+            time.sleep(0.2)
+        assert len(done) >= 2, "the search never finished two trials"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = trial_results(exp)
+    finished_before = {t: len(rs) for t, rs in before.items() if rs[-1].get("done")}
+    assert len(before) < 6 or len(finished_before) < 6, "killed too late to test anything"
+
+    parser = search.build_parser()
+    args = parser.parse_args(["--resume", "--name", name, "--storage-path", str(tmp_path), "--verbose", "0"])
+    df = search.run(args)
+    assert len(df) == 6 and df["done"].all() and df["error"].isna().all()
+    after = trial_results(exp)
+    assert len(after) == 6
+    for t, n in finished_before.items():
+        assert len(after[t]) == n, f"finished trial {t} was rerun"
+
+
+def test_search__impossible_resource_request_fails_fast(ray_cluster, tmp_path, capsys):
+    t0 = time.time()
+    rc = search.main([*TINY, "--space", "smoke", "--storage-path", str(tmp_path), "--gpus-per-trial", "1"])
+    assert rc == 2 and time.time() - t0 < 30
+    err = capsys.readouterr().err
+    assert "no node can run a trial needing 1 CPU and 1 GPU" in err and "--gpus-per-trial 0" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--space", "nope"], "argument --space: invalid choice: 'nope' (choose from paper, continuous, smoke)"),
+    (["--search", "bayes"], "argument --search: invalid choice: 'bayes'"),
+    (["--scheduler", "hyperband"], "argument --scheduler: invalid choice"),
+    (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),
+    (["--fraction", "1.5"], "--fraction: must be in (0, 1], got 1.5"),
+    (["--seeds", "0"], "--seeds: must be at least 1"),
+    (["--resume"], "--resume needs --name"),
+])
+def test_search__invalid_flags_fail_with_a_message_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        search.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err.replace("'paper', 'continuous', 'smoke'", "paper, continuous, smoke")
+
+
+def test_search__paper_setting_offline_fails_with_the_missing_data_error(tmp_path, capsys):
+    rc = search.main(["--space", "paper", "--data-dir", str(tmp_path / "data"), "--storage-path", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "cifar-10-batches-py" in err and "digits" in err and "Traceback" not in err

@@ -1,0 +1,103 @@
+"""Train one configuration without Ray.
+
+    python -m trainable.train --method mixtraining --dataset digits --epochs 10 --alpha 0.5 --rho 0.5 --seed 0
+
+Prints one line per epoch and ends with `test_acc=... train_time_s=...`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from trainable.cli import add_common_args, common_config, flag_for
+from trainable.config import METHODS, MixConfig, plan
+from trainable.datasets import MissingDataError
+from trainable.engine import Engine, NonFiniteLossError
+
+log = logging.getLogger("trainable.train")
+
+def format_epoch(m: dict, total: int) -> str:
+    parts = [f"epoch {m['epoch']:>3}/{total} [{m['phase']:>3}]"]
+    parts += [f"{k}={m[k]:.4f}" for k in ("loss_ssl", "loss_sl", "val_acc") if k in m]
+    parts += [f"lr={m['lr']:.2e}", f"{m['epoch_time_s']:.1f}s", f"{m['images_per_s']:.0f} img/s"]
+    return "  ".join(parts)
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-save never leaves a truncated checkpoint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainable.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="mixtraining", choices=METHODS,
+                   help="sl: SL only (e_ssl = 0); ssl_sl: SSL then SL (rho = 0); mixtraining (default)")
+    p.add_argument("--epochs", type=int, default=100, help="e_ssl = e_sl = EPOCHS (default 100, Table 6)")
+    p.add_argument("--e-ssl", type=int, help="SSL epochs, overrides --epochs")
+    p.add_argument("--e-sl", type=int, help="SL epochs, overrides --epochs")
+    p.add_argument("--alpha", type=float, default=0.5, help="loss ratio of Eq. (3) (default 0.5)")
+    p.add_argument("--rho", type=float, default=0.5, help="mix ratio of Eq. (1) (default 0.5)")
+    p.add_argument("--lam", type=float, default=0.5, help="image mixing weight of Eq. (2), with --ssl-dataset")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="data limitation p in (0, 1]: seeded stratified subset of the training split")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--checkpoint", type=Path,
+                   help="save the full state here after every epoch and resume from it when it exists")
+    add_common_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = MixConfig(method=args.method, e_ssl=args.e_ssl if args.e_ssl is not None else args.epochs,
+                        e_sl=args.e_sl if args.e_sl is not None else args.epochs, alpha=args.alpha,
+                        rho=args.rho, lam=args.lam, seed=args.seed, fraction=args.fraction,
+                        **common_config(args))
+    except ValueError as e:
+        parser.error(f"{flag_for(e)}: {str(e).split(': ', 1)[-1]}")
+    try:
+        engine = Engine(cfg)
+    except (MissingDataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    p = plan(cfg)
+    if args.checkpoint and args.checkpoint.exists():
+        engine.load_state_dict(torch.load(args.checkpoint, weights_only=True, map_location=engine.device))
+        log.info("resumed from %s after epoch %d", args.checkpoint, engine.epoch)
+    log.info("%s on %s: %d SSL-only, %d mix, %d SL-only epochs; model %s on %s",
+             cfg.method, "+".join(cfg.datasets), p.ssl, p.mix, p.sl, engine.model_cfg, engine.device)
+    try:
+        while not engine.done:
+            m = engine.run_epoch()
+            log.info(format_epoch(m, p.total))
+            if args.checkpoint:
+                save_atomic(engine.state_dict(), args.checkpoint)
+    except KeyboardInterrupt:
+        hint = "rerun with the same --checkpoint to continue" if args.checkpoint else \
+            "pass --checkpoint PATH to be able to continue"
+        print(f"\ninterrupted after epoch {engine.epoch}; {hint}", file=sys.stderr)
+        return 130
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    test = engine.evaluate("test")
+    per_task = " ".join(f"test_{k}={v:.3f}" for k, v in test.items() if "/" in k and len(cfg.datasets) > 1)
+    print(f"test_acc={test['acc']:.3f} train_time_s={engine.train_time_s:.1f}" + (f" {per_task}" if per_task else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

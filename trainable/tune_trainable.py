@@ -1,0 +1,78 @@
+"""Ray Tune class-API Trainable around the engine: one `step()` is one engine epoch.
+
+The trial config is a dict of `MixConfig` fields plus bookkeeping keys that start with an
+underscore (ignored here). Checkpoints hold the engine's full state and load with
+`torch.load(..., weights_only=True)`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from ray import tune
+
+from trainable.config import MixConfig, model_name
+from trainable.engine import Engine, load_training_data, resolve_device
+from trainable.models import MODEL_CONFIGS
+
+CHECKPOINT_FILE = "engine.pt"
+
+# Training data by everything that determines it, so a reused actor (and the sibling trials it
+# runs) loads and prepares each dataset once per worker process.
+_DATA_CACHE: dict[tuple, Any] = {}
+_DATA_CACHE_MAX = 4
+
+
+def engine_config(config: dict[str, Any]) -> MixConfig:
+    return MixConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
+
+
+def _data_key(cfg: MixConfig) -> tuple:
+    return (cfg.datasets, cfg.ssl_dataset, os.path.abspath(cfg.data_dir), cfg.fraction, cfg.val_frac,
+            cfg.seed, MODEL_CONFIGS[model_name(cfg)].img_size, str(resolve_device(cfg.device)))
+
+
+def shared_training_data(cfg: MixConfig):
+    key = _data_key(cfg)
+    if key not in _DATA_CACHE:
+        while len(_DATA_CACHE) >= _DATA_CACHE_MAX:
+            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
+        _DATA_CACHE[key] = load_training_data(cfg, resolve_device(cfg.device))
+    return _DATA_CACHE[key]
+
+
+class MixTrainable(tune.Trainable):
+    def setup(self, config: dict[str, Any]) -> None:
+        threads = config.get("_threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.cfg = engine_config(config)
+        self.engine = Engine(self.cfg, data=shared_training_data(self.cfg))
+
+    def step(self) -> dict[str, Any]:
+        m = self.engine.run_epoch()
+        # Tune wants the metric in every result. Before the classifier has trained there is no
+        # accuracy: NaN, never 0, and the phase-aware scheduler ignores these epochs anyway.
+        m.setdefault("val_acc", float("nan"))
+        if m["done"]:
+            # The final report carries the test accuracy for the comparison table; the search
+            # itself only ever sees validation accuracy.
+            m.update({f"test_{k}": v for k, v in self.engine.evaluate("test").items()})
+        return m
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        tmp = os.path.join(checkpoint_dir, CHECKPOINT_FILE + ".tmp")
+        torch.save(self.engine.state_dict(), tmp)
+        os.replace(tmp, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+
+    def load_checkpoint(self, checkpoint: str) -> None:
+        state = torch.load(os.path.join(checkpoint, CHECKPOINT_FILE), weights_only=True,
+                           map_location=self.engine.device)
+        self.engine.load_state_dict(state)
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        # A reused actor starts the new trial from scratch; the data cache makes this cheap.
+        self.setup(new_config)
+        self.config = new_config
+        return True

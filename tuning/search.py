@@ -1,0 +1,325 @@
+"""Search MixTraining's alpha / rho / lam / epochs with Ray Tune, baselines alongside.
+
+    python tuning/search.py --space paper                       # the paper's setting: CIFAR-10, ViT-T
+    python tuning/search.py --space paper --dataset digits --epoch-scale 0.04 --num-samples 6
+
+Runs SL and SSL+SL once per (epoch budget, fraction, seed) and the searched MixTraining
+configurations over every seed, with Optuna (TPE), random sampling or a grid, under
+phase-aware ASHA; then prints the comparison in the layout of the paper's Table 1.
+`--resume --name X` continues an interrupted search.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python tuning/search.py` runs this file as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pandas as pd
+
+from search_spaces import SPACES, epoch_budgets, get_space
+from trainable.cli import add_common_args, common_config, flag_for
+from trainable.config import MixConfig
+from trainable.datasets import MissingDataError, load_dataset
+from tuning.summary import comparison_table, format_table
+
+log = logging.getLogger("tuning.search")
+
+ARGS_FILE = "mixtune_args.json"  # the search's settings, beside Ray's experiment state, for --resume
+SEARCHES = ("optuna", "random", "grid")
+SCHEDULERS = ("asha", "fifo")
+OBJECTIVES = ("accuracy", "pareto")
+
+
+class UsageError(Exception):
+    """A mistake on the command line or in the environment the user can fix; no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python tuning/search.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("search")
+    g.add_argument("--space", default="paper", choices=SPACES, help="search space (default: paper)")
+    g.add_argument("--search", default="optuna", choices=SEARCHES,
+                   help="optuna: TPE (default); random; grid: every combination once per seed")
+    g.add_argument("--objective", default="accuracy", choices=OBJECTIVES,
+                   help="accuracy: maximise validation accuracy; pareto: accuracy up and compute down")
+    g.add_argument("--scheduler", default="asha", choices=SCHEDULERS,
+                   help="asha: phase-aware early stopping in supervised epochs (default); fifo: none")
+    g.add_argument("--num-samples", type=int, default=10,
+                   help="configurations per fraction for optuna/random (default 10); each runs --seeds times")
+    g.add_argument("--seeds", type=int, default=1, help="seeds per configuration, averaged (the paper uses 4)")
+    g.add_argument("--fraction", type=float, nargs="+", default=[1.0],
+                   help="data fraction(s) p in (0, 1], one search each (default 1.0)")
+    g.add_argument("--epoch-scale", type=float, default=1.0,
+                   help="multiply every epoch count (e.g. 0.1 turns 50/75/100 into 5/8/10)")
+    g.add_argument("--grace-period", type=int, help="ASHA: supervised epochs before a first stop")
+    g.add_argument("--no-baselines", action="store_true", help="skip the SL and SSL+SL baselines")
+    g.add_argument("--search-seed", type=int, default=0, help="seed of the Optuna sampler")
+    g = p.add_argument_group("resources and storage")
+    g.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources allow)")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0)
+    g.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="fractional GPUs per trial: 0.25 puts four trials on one GPU (default 0)")
+    g.add_argument("--address", help="join a running Ray cluster (e.g. auto)")
+    g.add_argument("--storage-path", default="ray_results",
+                   help="experiment folder: a local path (default ./ray_results) or s3:// / gs:// on clusters")
+    g.add_argument("--name", help="experiment name (default: <space>-<datasets>-<date>)")
+    g.add_argument("--resume", action="store_true", help="continue the experiment --name")
+    g.add_argument("--checkpoint-every", type=int, default=1, help="epochs between trial checkpoints")
+    g.add_argument("--max-failures", type=int, default=3, help="retries of a failed trial from its checkpoint")
+    g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray's progress output")
+    add_common_args(p, default_dataset="cifar10")
+    return p
+
+
+def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Every user mistake becomes one parser error naming the flag; nothing reaches a traceback."""
+    for name in ("num_samples", "seeds", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        parser.error(f"--max-concurrent: must be at least 1, got {args.max_concurrent}")
+    if not args.epoch_scale > 0:
+        parser.error(f"--epoch-scale: must be positive, got {args.epoch_scale}")
+    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+        parser.error("--cpus-per-trial must be positive and --gpus-per-trial non-negative")
+    if args.resume and not args.name:
+        parser.error("--resume needs --name of the experiment to continue")
+    try:
+        for f in args.fraction:
+            MixConfig(**common_config(args), fraction=f)
+    except ValueError as e:
+        parser.error(f"{flag_for(e)}: {str(e).split(': ', 1)[-1]}")
+
+
+# --- experiment folder ------------------------------------------------------------------------
+
+def _fs(storage_path: str):
+    import pyarrow.fs
+    if "://" in storage_path:
+        return pyarrow.fs.FileSystem.from_uri(storage_path)
+    return pyarrow.fs.LocalFileSystem(), os.path.abspath(storage_path)
+
+
+def experiment_path(args: argparse.Namespace) -> str:
+    return storage_root(args.storage_path).rstrip("/") + "/" + args.name
+
+
+def storage_root(storage_path: str) -> str:
+    return storage_path if "://" in storage_path else os.path.abspath(storage_path)
+
+
+def save_args(args: argparse.Namespace) -> None:
+    fs, root = _fs(args.storage_path)
+    fs.create_dir(f"{root}/{args.name}", recursive=True)
+    with fs.open_output_stream(f"{root}/{args.name}/{ARGS_FILE}") as f:
+        f.write(json.dumps(vars(args), indent=1).encode())
+
+
+def load_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The settings the experiment was started with; --address and --verbose may change on resume."""
+    fs, root = _fs(args.storage_path)
+    try:
+        with fs.open_input_stream(f"{root}/{args.name}/{ARGS_FILE}") as f:
+            saved = json.loads(f.read())
+    except FileNotFoundError:
+        raise UsageError(f"no experiment {args.name!r} under {storage_root(args.storage_path)} to resume "
+                         f"(looked for {ARGS_FILE}); check --name and --storage-path") from None
+    saved.update(resume=True, address=args.address, verbose=args.verbose)
+    return argparse.Namespace(**saved)
+
+
+def experiment_exists(args: argparse.Namespace) -> bool:
+    import pyarrow.fs
+    fs, root = _fs(args.storage_path)
+    return fs.get_file_info(f"{root}/{args.name}").type != pyarrow.fs.FileType.NotFound
+
+
+# --- search pieces ----------------------------------------------------------------------------
+
+def metrics_and_modes(objective: str) -> tuple[str | list[str], str | list[str]]:
+    if objective == "pareto":  # the paper's trade-off: accuracy up, deterministic compute down
+        return ["val_acc", "compute_gtok"], ["max", "min"]
+    return "val_acc", "max"
+
+
+def make_searcher(args: argparse.Namespace, base: dict[str, Any]):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuning.searcher import ExperimentSearcher, split_space
+
+    space = get_space(args.space, different_ssl_data=bool(args.ssl_dataset and args.ssl_dataset not in args.dataset))
+    metric, mode = metrics_and_modes(args.objective)
+    inner = None
+    if args.search != "grid":
+        searched, _ = split_space(space)
+        inner = {}
+        for i, f in enumerate(args.fraction):
+            seed = args.search_seed + i
+            sampler = (optuna.samplers.RandomSampler(seed=seed) if args.search == "random"
+                       else optuna.samplers.TPESampler(seed=seed))
+            inner[f] = OptunaSearch(space=searched, metric=metric, mode=mode, sampler=sampler)
+    return ExperimentSearcher(
+        base=base, space=space, fractions=args.fraction, seeds=args.seeds,
+        budgets=epoch_budgets(space, args.epoch_scale), epoch_scale=args.epoch_scale,
+        num_samples=args.num_samples, inner=inner, metric=metric, mode=mode,
+        baselines=not args.no_baselines)
+
+
+def make_scheduler(args: argparse.Namespace, budgets: list[int]):
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tuning.scheduler import PhaseAwareASHA
+    if args.scheduler == "fifo":
+        return FIFOScheduler()
+    grace = args.grace_period or max(1, min(budgets) // 4)
+    return PhaseAwareASHA(metric="val_acc", mode="max", max_t=max(budgets), grace_period=grace)
+
+
+def check_resources(cpus: float, gpus: float) -> None:
+    """Fail at once when no node can ever hold one trial, instead of trials PENDING forever."""
+    import ray
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+        return
+    have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in nodes) or "no nodes"
+    raise UsageError(
+        f"no node can run a trial needing {cpus:g} CPU and {gpus:g} GPU (nodes have: {have}). "
+        f"Lower --cpus-per-trial / --gpus-per-trial" + (" (no GPU here: use --gpus-per-trial 0)" if gpus and
+                                                         not any(r.get("GPU") for r in nodes) else ""))
+
+
+def trial_rows(results) -> pd.DataFrame:
+    """One row per trial: its config's experiment axes and its last reported metrics."""
+    rows = []
+    for r in results:
+        c, m = r.config, r.metrics or {}
+        rows.append({
+            "trial_id": m.get("trial_id"), "method": c["method"], "fraction": c["fraction"],
+            "epochs": c["e_sl"], "seed": c["seed"], "alpha": c["alpha"], "rho": c["rho"], "lam": c["lam"],
+            "val_acc": m.get("val_acc"), "test_acc": m.get("test_acc"),
+            "train_time_s": m.get("train_time_s"), "compute_gtok": m.get("compute_gtok"),
+            "sl_epochs": m.get("sl_epochs", 0), "done": bool(m.get("done", False)),
+            "error": str(r.error) if r.error else None})
+    return pd.DataFrame(rows)
+
+
+def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
+    """Finished configurations not dominated in (mean val_acc up, mean compute down)."""
+    fin = df[df["done"]]
+    if fin.empty:
+        return fin
+    g = fin.groupby(["method", "fraction", "epochs", "alpha", "rho", "lam"], dropna=False).agg(
+        val_acc=("val_acc", "mean"), compute_gtok=("compute_gtok", "mean")).reset_index()
+    keep = [not ((g["val_acc"] >= a) & (g["compute_gtok"] <= c) & ((g["val_acc"] > a) | (g["compute_gtok"] < c))).any()
+            for a, c in zip(g["val_acc"], g["compute_gtok"])]
+    return g[keep].sort_values("compute_gtok", ignore_index=True)
+
+
+def summarize(df: pd.DataFrame, objective: str) -> str:
+    lines = ["", "== Comparison (test accuracy mean ± std over seeds; best MixTraining chosen on validation) ==",
+             format_table(comparison_table(df))]
+    mix = df[(df["method"] == "mixtraining") & df["done"]]
+    if not mix.empty:
+        best = mix.groupby(["fraction", "epochs", "alpha", "rho", "lam"]).agg(
+            val_acc=("val_acc", "mean"), test_acc=("test_acc", "mean"), n=("seed", "nunique")).reset_index()
+        for f, sub in best.groupby("fraction"):
+            b = sub.loc[sub["val_acc"].idxmax()]
+            lines.append(f"best MixTraining at fraction {f:g}: alpha={b.alpha:g} rho={b.rho:g} lam={b.lam:g} "
+                         f"epochs={int(b.epochs)}  val_acc={b.val_acc:.4f} test_acc={b.test_acc:.4f} (seeds={int(b.n)})")
+    if objective == "pareto":
+        lines += ["", "== Pareto front (validation accuracy vs compute) ==",
+                  pareto_front(df).to_string(index=False, float_format=lambda v: f"{v:.4g}")]
+    stopped = int(((df["method"] == "mixtraining") & ~df["done"] & df["error"].isna()).sum())
+    failed = int(df["error"].notna().sum())
+    lines.append(f"trials: {len(df)} ({stopped} stopped early by the scheduler, {failed} failed)")
+    return "\n".join(lines)
+
+
+# --- main -------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace, callbacks: list | None = None):
+    import ray
+    from ray import tune
+
+    from trainable.tune_trainable import MixTrainable
+
+    if args.resume:
+        args = load_args(args)
+    elif experiment_exists(args):
+        raise UsageError(f"experiment {args.name!r} already exists under {storage_root(args.storage_path)}: "
+                         f"pass --resume to continue it, or another --name")
+    if not args.download:  # fail on missing data before any Ray process starts
+        for d in {*args.dataset, *([args.ssl_dataset] if args.ssl_dataset else [])}:
+            load_dataset(d, args.data_dir)
+    base = {**MixConfig(**common_config(args)).to_dict(), "_threads": max(1, int(args.cpus_per_trial))}
+    base["data_dir"] = os.path.abspath(base["data_dir"])  # trials run in other working folders
+    searcher = make_searcher(args, base)
+    space = get_space(args.space)
+    budgets = epoch_budgets(space, args.epoch_scale)
+
+    if not ray.is_initialized():
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=args.verbose > 1,
+                 configure_logging=True, logging_level=logging.WARNING)
+    check_resources(args.cpus_per_trial, args.gpus_per_trial)
+    trainable = tune.with_resources(MixTrainable, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    path = experiment_path(args)
+    if args.resume:
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        save_args(args)
+        log.info("experiment %s: %d trials (%s baselines), epoch budgets %s", path, searcher.total_trials,
+                 "no" if args.no_baselines else "with", budgets)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=make_scheduler(args, budgets), num_samples=searcher.total_trials,
+                max_concurrent_trials=args.max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=args.name, storage_path=storage_root(args.storage_path), verbose=args.verbose,
+                callbacks=callbacks,
+                checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=args.checkpoint_every,
+                                                        num_to_keep=2, checkpoint_at_end=True),
+                failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+    results = tuner.fit()
+    df = trial_rows(results)
+    print(summarize(df, args.objective))
+    table = comparison_table(df)
+    if not table.empty and "://" not in args.storage_path:
+        table.to_csv(os.path.join(path, "comparison.csv"), index=False)
+        Path(path, "comparison.md").write_text(format_table(table) + "\n")
+        print(f"table saved to {path}/comparison.{{csv,md}}")
+    return df
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    validate(args, parser)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.name:
+        args.name = f"{args.space}-{'+'.join(args.dataset)}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        run(args)
+    except (UsageError, MissingDataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python tuning/search.py --resume --name {args.name}"
+              + (f" --storage-path {args.storage_path}" if args.storage_path != "ray_results" else ""),
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

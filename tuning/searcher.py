@@ -1,0 +1,132 @@
+"""One Ray Tune searcher for a whole MixTraining experiment.
+
+Ray Tune's searchers propose points of a space; an experiment here also needs what they lack:
+- the SL and SSL+SL baselines, once per (epoch budget, fraction, seed), in the same experiment;
+- every proposed configuration repeated over `seeds` seeds, the searcher told the mean;
+- one independent search per data fraction (the best alpha/rho differ between fractions).
+`ExperimentSearcher` does exactly that bookkeeping and delegates the proposals to Optuna
+(`OptunaSearch`, TPE or random sampling) or to a precomputed grid.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from typing import Any
+
+from ray.tune.search import Searcher
+from ray.tune.search.sample import Domain
+
+from search_spaces import grid, to_config_fields
+
+log = logging.getLogger(__name__)
+
+GROUP = "_group"  # config key shared by the seed repeats of one proposed configuration
+
+
+def baseline_configs(base: dict[str, Any], budgets: list[int], fractions: list[float],
+                     seeds: int) -> list[dict[str, Any]]:
+    """SL and SSL+SL once per budget, fraction and seed (never once per alpha or rho)."""
+    return [{**base, "method": method, "e_ssl": e, "e_sl": e, "fraction": f, "seed": s}
+            for f in fractions for e in budgets for method in ("sl", "ssl_sl") for s in range(seeds)]
+
+
+def split_space(space: dict[str, Any]) -> tuple[dict[str, Domain], dict[str, Any]]:
+    """(searched dimensions, constants) of a space."""
+    searched = {k: v for k, v in space.items() if isinstance(v, Domain)}
+    return searched, {k: v for k, v in space.items() if k not in searched}
+
+
+class ExperimentSearcher(Searcher):
+    """Baselines, then proposals of per-fraction inner searchers (or a grid), each over all seeds.
+
+    base: config fields common to every trial (datasets, model, batch size, ...).
+    inner: one Ray searcher per fraction, already built over the space's searched dimensions,
+        or None for a grid, which emits every combination of the space once per seed.
+    """
+
+    def __init__(self, base: dict[str, Any], space: dict[str, Any], fractions: list[float], seeds: int,
+                 budgets: list[int], epoch_scale: float, num_samples: int,
+                 inner: dict[float, Searcher] | None, metric: str | list[str], mode: str | list[str],
+                 baselines: bool = True):
+        super().__init__(metric=metric, mode=mode)
+        self.base, self.fractions, self.seeds, self.scale = base, list(fractions), seeds, epoch_scale
+        self.inner = inner
+        searched, self.constants = split_space(space)
+        self.queue: list[dict[str, Any]] = []
+        if baselines:
+            self.queue += baseline_configs(base, budgets, self.fractions, seeds)
+        if inner is None:
+            for f in self.fractions:
+                for i, point in enumerate(grid(space)):
+                    self._queue_group(f"grid-{f:g}-{i}", point, f, first_seed=0)
+            self.remaining = {f: 0 for f in self.fractions}
+        else:
+            self.remaining = {f: num_samples for f in self.fractions}
+        self.groups: dict[str, dict[str, Any]] = {}  # inner trial id -> fraction and seed results
+        self.trial_group: dict[str, str] = {}
+        self.turn = 0
+
+    @property
+    def total_trials(self) -> int:
+        """Trials this searcher will create in all (Tune's num_samples)."""
+        return len(self.queue) + sum(self.remaining.values()) * self.seeds
+
+    def _config(self, point: dict[str, Any], fraction: float, seed: int, group: str) -> dict[str, Any]:
+        fields = to_config_fields({**self.constants, **point}, self.scale)
+        return {**self.base, "method": "mixtraining", **fields, "fraction": fraction, "seed": seed, GROUP: group}
+
+    def _queue_group(self, group: str, point: dict[str, Any], fraction: float, first_seed: int) -> None:
+        self.queue += [self._config(point, fraction, s, group) for s in range(first_seed, self.seeds)]
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.queue:
+            cfg = self.queue.pop(0)
+            if GROUP in cfg:
+                self.trial_group[trial_id] = cfg[GROUP]
+            return cfg
+        for _ in range(len(self.fractions)):
+            f = self.fractions[self.turn % len(self.fractions)]
+            self.turn += 1
+            if self.remaining.get(f, 0) <= 0:
+                continue
+            point = self.inner[f].suggest(trial_id)
+            if point is None:  # the inner searcher waits for results
+                self.turn -= 1
+                return None
+            if point == Searcher.FINISHED:
+                self.remaining[f] = 0
+                continue
+            self.remaining[f] -= 1
+            self.groups[trial_id] = {"fraction": f, "results": []}
+            self.trial_group[trial_id] = trial_id
+            self._queue_group(trial_id, point, f, first_seed=1)
+            return self._config(point, f, 0, trial_id)
+        return Searcher.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass  # the inner searchers learn from the mean over seeds, at completion
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        group_id = self.trial_group.pop(trial_id, None)
+        group = self.groups.get(group_id)
+        if group is None:  # a baseline or a grid point: nothing to learn
+            return
+        group["results"].append(None if error or not result else result)
+        if len(group["results"]) < self.seeds:
+            return
+        ok = [r for r in group["results"] if r is not None]
+        inner = self.inner[group["fraction"]]
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if not ok or any(m not in r for r in ok for m in metrics):
+            inner.on_trial_complete(group_id, None, error=True)
+        else:
+            inner.on_trial_complete(group_id, {m: sum(r[m] for r in ok) / len(ok) for m in metrics})
+        del self.groups[group_id]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
