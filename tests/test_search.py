@@ -12,17 +12,16 @@ import torch
 from ray.tune.utils import validate_save_restore
 
 from trainable.tune_trainable import MixTrainable
+from tests_helpers import TINY, run_search_cli
 from tuning import search
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--dataset", "digits", "--model", "test", "--verbose", "0", "--cpus-per-trial", "1"]
 
 
 def run_search(tmp_path, *argv):
-    parser = search.build_parser()
-    args = parser.parse_args([*TINY, "--storage-path", str(tmp_path), *argv])
-    search.validate(args, parser)
-    return search.run(args)
+    df, out = run_search_cli(tmp_path, *argv)
+    print(out)
+    return df
 
 
 def trial_results(exp_dir: Path) -> dict[str, list[dict]]:
@@ -65,7 +64,10 @@ def test_trainable__restore_continues_exactly(tmp_path):
         t.stop()
 
 
-def test_search__asha_with_optuna_end_to_end(ray_cluster, tmp_path, capsys):
+def test_search__asha_with_optuna_end_to_end_tracked_in_the_default_embedded_store(
+        ray_cluster, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     df = run_search(tmp_path, "--space", "smoke", "--name", "asha", "--num-samples", "4", "--fraction", "0.5",
                     "--grace-period", "1")
     base = df[df["method"] != "mixtraining"]
@@ -73,17 +75,26 @@ def test_search__asha_with_optuna_end_to_end(ray_cluster, tmp_path, capsys):
     mix = df[df["method"] == "mixtraining"]
     assert len(mix) == 4 and df["error"].isna().all()
     assert set(mix["alpha"]) <= {0.1, 0.9} and set(mix["rho"]) <= {0.5, 1.0}
-    assert base["done"].all()
+    assert base["completed"].all()
     # A trial ASHA stopped early had trained its classifier first.
-    assert (mix[~mix["done"]]["sl_epochs"] >= 1).all()
+    assert (mix[~mix["completed"]]["sl_epochs"] >= 1).all()
     out = capsys.readouterr().out
     assert "| 0.5 | 2 | SL |" in out and "| 0.5 | 2 | SSL+SL |" in out and "MixTraining" in out
     assert (tmp_path / "asha" / "comparison.csv").exists()
+    # Tracked in ./mlflow.db: one parent, one FINISHED child per trial.
+    from mlflow import MlflowClient
+    assert (tmp_path / "mlflow.db").exists()
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = c.search_runs([c.get_experiment_by_name("mixtraining").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == len(df) == 6
+    assert {r.info.status for r in runs} == {"FINISHED"}
 
 
 def test_search__grid_over_paper_space_runs_each_combination_once_plus_baselines(ray_cluster, tmp_path):
     df = run_search(tmp_path, "--space", "paper", "--search", "grid", "--scheduler", "fifo", "--name", "grid",
-                    "--epoch-scale", "0.02", "--fraction", "0.05", "--checkpoint-every", "100")
+                    "--epoch-scale", "0.02", "--fraction", "0.05", "--checkpoint-every", "100", "--no-mlflow")
     mix = df[df["method"] == "mixtraining"]
     assert len(mix) == 5 * 4 * 3  # alpha x rho x epochs
     assert (mix.groupby(["alpha", "rho"]).size() == 3).all()  # the three budgets (50/75/100 -> 1/2/2 epochs)
@@ -91,14 +102,15 @@ def test_search__grid_over_paper_space_runs_each_combination_once_plus_baselines
         (a, r) for a in (0.01, 0.1, 0.5, 0.9, 0.99) for r in (0.25, 0.5, 0.75, 1.0))
     base = df[df["method"] != "mixtraining"]
     assert sorted(zip(base["method"], base["epochs"])) == [("sl", 1), ("sl", 2), ("ssl_sl", 1), ("ssl_sl", 2)]
-    assert df["done"].all() and df["error"].isna().all()
+    assert df["completed"].all() and df["error"].isna().all()
 
 
-def test_search__resumes_after_the_driver_is_killed(ray_cluster, tmp_path):
+def test_search__resumes_after_the_driver_is_killed_without_rerunning_or_duplicating(
+        ray_cluster, mlflow_server, tmp_path):
     name = "killed"
     cmd = [sys.executable, str(REPO / "tuning" / "search.py"), *TINY, "--space", "smoke", "--name", name,
            "--num-samples", "4", "--scheduler", "fifo", "--storage-path", str(tmp_path), "--address", ray_cluster,
-           "--max-concurrent", "2"]
+           "--max-concurrent", "2", "--mlflow-uri", mlflow_server, "--experiment", "killed"]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     exp = tmp_path / name
     try:
@@ -119,11 +131,21 @@ def test_search__resumes_after_the_driver_is_killed(ray_cluster, tmp_path):
     parser = search.build_parser()
     args = parser.parse_args(["--resume", "--name", name, "--storage-path", str(tmp_path), "--verbose", "0"])
     df = search.run(args)
-    assert len(df) == 6 and df["done"].all() and df["error"].isna().all()
+    assert len(df) == 6 and df["completed"].all() and df["error"].isna().all()
     after = trial_results(exp)
     assert len(after) == 6
     for t, n in finished_before.items():
         assert len(after[t]) == n, f"finished trial {t} was rerun"
+    # MLflow: one parent and exactly one child per trial, none left RUNNING.
+    from mlflow import MlflowClient
+    c = MlflowClient(mlflow_server)
+    runs = c.search_runs([c.get_experiment_by_name("killed").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 7 and sorted(r.data.tags["trial_id"] for r in children) == sorted(after)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for r in children:  # every epoch in the trial's one run, also for trials running at the kill
+        steps = {m.step for m in c.get_metric_history(r.info.run_id, "train_time_s")}
+        assert steps == set(range(1, after[r.data.tags["trial_id"]][-1]["epoch"] + 1))
 
 
 def test_search__impossible_resource_request_fails_fast(ray_cluster, tmp_path, capsys):

@@ -50,7 +50,7 @@ def test_epoch_scale__shrinks_budgets_proportionally_never_below_one():
 
 def test_grid__one_trial_per_combination_and_seed_plus_baselines_once_per_budget_fraction_seed():
     space = get_space("paper")
-    s = ExperimentSearcher(BASE, space, fractions=[0.5, 1.0], seeds=2, budgets=[2, 3, 4], epoch_scale=0.04,
+    s = ExperimentSearcher(space, fractions=[0.5, 1.0], seeds=2, budgets=[2, 3, 4], epoch_scale=0.04,
                            num_samples=1, inner=None, metric="val_acc", mode="max")
     expected = s.total_trials
     trials, end = _drain(s)
@@ -62,8 +62,8 @@ def test_grid__one_trial_per_combination_and_seed_plus_baselines_once_per_budget
     assert len(base) == 2 * 3 * 2 * 2  # methods x budgets x fractions x seeds
     keys = [(c["method"], c["e_sl"], c["fraction"], c["seed"]) for c in base]
     assert len(set(keys)) == len(keys), "each baseline exactly once"
-    for c in configs:
-        MixConfig.from_dict({k: v for k, v in c.items() if not k.startswith("_")})  # every trial is a valid config
+    for c in configs:  # every trial over the shared base is a valid config
+        MixConfig.from_dict({**BASE, **{k: v for k, v in c.items() if not k.startswith("_")}})
     assert {c["e_sl"] for c in mix} == {2, 3, 4}
 
 
@@ -84,7 +84,7 @@ class _FakeInner(Searcher):
 
 def test_optuna_style__each_proposal_runs_over_all_seeds_and_the_searcher_learns_the_mean():
     inner = _FakeInner()
-    s = ExperimentSearcher(BASE, get_space("smoke"), fractions=[1.0], seeds=3, budgets=[2], epoch_scale=1.0,
+    s = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=3, budgets=[2], epoch_scale=1.0,
                            num_samples=2, inner={1.0: inner}, metric="val_acc", mode="max", baselines=False)
     assert s.total_trials == 6
     trials, end = _drain(s)
@@ -99,12 +99,12 @@ def test_optuna_style__each_proposal_runs_over_all_seeds_and_the_searcher_learns
 
 def test_searcher__state_survives_save_and_restore(tmp_path):
     inner = _FakeInner()
-    s = ExperimentSearcher(BASE, get_space("smoke"), fractions=[1.0], seeds=2, budgets=[2], epoch_scale=1.0,
+    s = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=2, budgets=[2], epoch_scale=1.0,
                            num_samples=3, inner={1.0: inner}, metric="val_acc", mode="max")
     first = [s.suggest(f"a{i}") for i in range(5)]  # four baselines (2 methods x 2 seeds), one proposal
     assert [c["method"] for c in first] == ["sl", "sl", "ssl_sl", "ssl_sl", "mixtraining"]
     s.save(str(tmp_path / "s.pkl"))
-    restored = ExperimentSearcher(BASE, get_space("smoke"), fractions=[1.0], seeds=2, budgets=[2], epoch_scale=1.0,
+    restored = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=2, budgets=[2], epoch_scale=1.0,
                                   num_samples=3, inner={1.0: _FakeInner()}, metric="val_acc", mode="max")
     restored.restore(str(tmp_path / "s.pkl"))
     repeat = restored.suggest("a5")  # the pending seed repeat of the proposal

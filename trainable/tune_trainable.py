@@ -1,7 +1,7 @@
 """Ray Tune class-API Trainable around the engine: one `step()` is one engine epoch.
 
-The trial config is a dict of `MixConfig` fields plus bookkeeping keys that start with an
-underscore (ignored here). Checkpoints hold the engine's full state and load with
+The trial config (over the search's shared `base`) is a dict of `MixConfig` fields plus
+bookkeeping keys that start with an underscore (ignored by the engine). Checkpoints hold the engine's full state and load with
 `torch.load(..., weights_only=True)`.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from trainable.engine import Engine, load_training_data, resolve_device
 from trainable.models import MODEL_CONFIGS
 
 CHECKPOINT_FILE = "engine.pt"
+RECONSTRUCTION_FILE = "reconstruction.pt"
 
 # Training data by everything that determines it, so a reused actor (and the sibling trials it
 # runs) loads and prepares each dataset once per worker process.
@@ -43,11 +44,14 @@ def shared_training_data(cfg: MixConfig):
 
 
 class MixTrainable(tune.Trainable):
-    def setup(self, config: dict[str, Any]) -> None:
-        threads = config.get("_threads")
-        if threads:
-            torch.set_num_threads(int(threads))
-        self.cfg = engine_config(config)
+    """base: the config fields every trial of a search shares (`tune.with_parameters`), so a
+    trial's own config holds only what varies and Ray's progress output stays readable."""
+
+    def setup(self, config: dict[str, Any], base: dict[str, Any] | None = None) -> None:
+        full = {**(base or {}), **config}
+        if full.get("_threads"):
+            torch.set_num_threads(int(full["_threads"]))
+        self.cfg = engine_config(full)
         self.engine = Engine(self.cfg, data=shared_training_data(self.cfg))
 
     def step(self) -> dict[str, Any]:
@@ -55,6 +59,8 @@ class MixTrainable(tune.Trainable):
         # Tune wants the metric in every result. Before the classifier has trained there is no
         # accuracy: NaN, never 0, and the phase-aware scheduler ignores these epochs anyway.
         m.setdefault("val_acc", float("nan"))
+        # Tune also sets `done` when a scheduler stops a trial early; `completed` means the plan ran to its end.
+        m["completed"] = m["done"]
         if m["done"]:
             # The final report carries the test accuracy for the comparison table; the search
             # itself only ever sees validation accuracy.
@@ -65,6 +71,12 @@ class MixTrainable(tune.Trainable):
         tmp = os.path.join(checkpoint_dir, CHECKPOINT_FILE + ".tmp")
         torch.save(self.engine.state_dict(), tmp)
         os.replace(tmp, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+        p = self.engine.plan
+        if self.engine.done and p.ssl + p.mix > 0:
+            # Fig. 4 material for the tracker: original, masked and reconstructed test images.
+            orig, masked, recon = self.engine.reconstruct(8)
+            torch.save({"original": orig, "masked": masked, "reconstructed": recon},
+                       os.path.join(checkpoint_dir, RECONSTRUCTION_FILE))
 
     def load_checkpoint(self, checkpoint: str) -> None:
         state = torch.load(os.path.join(checkpoint, CHECKPOINT_FILE), weights_only=True,
@@ -73,6 +85,6 @@ class MixTrainable(tune.Trainable):
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # A reused actor starts the new trial from scratch; the data cache makes this cheap.
-        self.setup(new_config)
+        self.setup(new_config)  # with_parameters wraps setup and passes `base` again
         self.config = new_config
         return True

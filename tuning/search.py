@@ -21,6 +21,10 @@ from typing import Any
 
 if __package__ in (None, ""):  # `python tuning/search.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Checkpoints every epoch with num_to_keep force experiment snapshots; on local storage they are cheap.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# MLflow would print a "View run" link for every trial run it ends; the summary names the parent run.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 import pandas as pd
 
@@ -28,11 +32,13 @@ from search_spaces import SPACES, epoch_budgets, get_space
 from trainable.cli import add_common_args, common_config, flag_for
 from trainable.config import MixConfig
 from trainable.datasets import MissingDataError, load_dataset
-from tuning.summary import comparison_table, format_table
+from tuning import tracking
+from tuning.summary import best_mixtraining, comparison_table, format_table, pareto_mask
 
 log = logging.getLogger("tuning.search")
 
 ARGS_FILE = "mixtune_args.json"  # the search's settings, beside Ray's experiment state, for --resume
+PARENT_FILE = "mlflow_parent_run.txt"  # the MLflow parent run, so --resume continues it
 SEARCHES = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "fifo")
 OBJECTIVES = ("accuracy", "pareto")
@@ -76,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", type=int, default=1, help="epochs between trial checkpoints")
     g.add_argument("--max-failures", type=int, default=3, help="retries of a failed trial from its checkpoint")
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray's progress output")
+    g = p.add_argument_group("tracking")
+    g.add_argument("--mlflow-uri", help="tracking server or store (default: $MLFLOW_TRACKING_URI, else "
+                                        "sqlite:///mlflow.db in this folder)")
+    g.add_argument("--experiment", default="mixtraining", help="MLflow experiment name (default: mixtraining)")
+    g.add_argument("--no-mlflow", action="store_true", help="do not track in MLflow")
     add_common_args(p, default_dataset="cifar10")
     return p
 
@@ -117,19 +128,24 @@ def storage_root(storage_path: str) -> str:
     return storage_path if "://" in storage_path else os.path.abspath(storage_path)
 
 
-def save_args(args: argparse.Namespace) -> None:
+def write_file(args: argparse.Namespace, filename: str, text: str) -> None:
+    """A small file in the experiment folder, local or s3:// / gs://."""
     fs, root = _fs(args.storage_path)
     fs.create_dir(f"{root}/{args.name}", recursive=True)
-    with fs.open_output_stream(f"{root}/{args.name}/{ARGS_FILE}") as f:
-        f.write(json.dumps(vars(args), indent=1).encode())
+    with fs.open_output_stream(f"{root}/{args.name}/{filename}") as f:
+        f.write(text.encode())
+
+
+def read_file(args: argparse.Namespace, filename: str) -> str:
+    fs, root = _fs(args.storage_path)
+    with fs.open_input_stream(f"{root}/{args.name}/{filename}") as f:
+        return f.read().decode()
 
 
 def load_args(args: argparse.Namespace) -> argparse.Namespace:
     """The settings the experiment was started with; --address and --verbose may change on resume."""
-    fs, root = _fs(args.storage_path)
     try:
-        with fs.open_input_stream(f"{root}/{args.name}/{ARGS_FILE}") as f:
-            saved = json.loads(f.read())
+        saved = json.loads(read_file(args, ARGS_FILE))
     except FileNotFoundError:
         raise UsageError(f"no experiment {args.name!r} under {storage_root(args.storage_path)} to resume "
                          f"(looked for {ARGS_FILE}); check --name and --storage-path") from None
@@ -151,7 +167,7 @@ def metrics_and_modes(objective: str) -> tuple[str | list[str], str | list[str]]
     return "val_acc", "max"
 
 
-def make_searcher(args: argparse.Namespace, base: dict[str, Any]):
+def make_searcher(args: argparse.Namespace):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -169,7 +185,7 @@ def make_searcher(args: argparse.Namespace, base: dict[str, Any]):
                        else optuna.samplers.TPESampler(seed=seed))
             inner[f] = OptunaSearch(space=searched, metric=metric, mode=mode, sampler=sampler)
     return ExperimentSearcher(
-        base=base, space=space, fractions=args.fraction, seeds=args.seeds,
+        space=space, fractions=args.fraction, seeds=args.seeds,
         budgets=epoch_budgets(space, args.epoch_scale), epoch_scale=args.epoch_scale,
         num_samples=args.num_samples, inner=inner, metric=metric, mode=mode,
         baselines=not args.no_baselines)
@@ -200,35 +216,34 @@ def check_resources(cpus: float, gpus: float) -> None:
 
 def trial_rows(results) -> pd.DataFrame:
     """One row per trial: its config's experiment axes and its last reported metrics."""
-    rows = []
+    rows, defaults = [], MixConfig()  # unsearched fields keep the config's defaults
     for r in results:
         c, m = r.config, r.metrics or {}
         rows.append({
             "trial_id": m.get("trial_id"), "method": c["method"], "fraction": c["fraction"],
-            "epochs": c["e_sl"], "seed": c["seed"], "alpha": c["alpha"], "rho": c["rho"], "lam": c["lam"],
+            "epochs": c["e_sl"], "seed": c["seed"],
+            **{k: float(c.get(k, getattr(defaults, k))) for k in ("alpha", "rho", "lam")},
             "val_acc": m.get("val_acc"), "test_acc": m.get("test_acc"),
             "train_time_s": m.get("train_time_s"), "compute_gtok": m.get("compute_gtok"),
-            "sl_epochs": m.get("sl_epochs", 0), "done": bool(m.get("done", False)),
+            "sl_epochs": m.get("sl_epochs", 0), "completed": bool(m.get("completed", False)),
             "error": str(r.error) if r.error else None})
     return pd.DataFrame(rows)
 
 
 def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
     """Finished configurations not dominated in (mean val_acc up, mean compute down)."""
-    fin = df[df["done"]]
+    fin = df[df["completed"]]
     if fin.empty:
         return fin
     g = fin.groupby(["method", "fraction", "epochs", "alpha", "rho", "lam"], dropna=False).agg(
         val_acc=("val_acc", "mean"), compute_gtok=("compute_gtok", "mean")).reset_index()
-    keep = [not ((g["val_acc"] >= a) & (g["compute_gtok"] <= c) & ((g["val_acc"] > a) | (g["compute_gtok"] < c))).any()
-            for a, c in zip(g["val_acc"], g["compute_gtok"])]
-    return g[keep].sort_values("compute_gtok", ignore_index=True)
+    return g[pareto_mask(g["val_acc"], g["compute_gtok"])].sort_values("compute_gtok", ignore_index=True)
 
 
 def summarize(df: pd.DataFrame, objective: str) -> str:
     lines = ["", "== Comparison (test accuracy mean ± std over seeds; best MixTraining chosen on validation) ==",
              format_table(comparison_table(df))]
-    mix = df[(df["method"] == "mixtraining") & df["done"]]
+    mix = df[(df["method"] == "mixtraining") & df["completed"]]
     if not mix.empty:
         best = mix.groupby(["fraction", "epochs", "alpha", "rho", "lam"]).agg(
             val_acc=("val_acc", "mean"), test_acc=("test_acc", "mean"), n=("seed", "nunique")).reset_index()
@@ -239,7 +254,7 @@ def summarize(df: pd.DataFrame, objective: str) -> str:
     if objective == "pareto":
         lines += ["", "== Pareto front (validation accuracy vs compute) ==",
                   pareto_front(df).to_string(index=False, float_format=lambda v: f"{v:.4g}")]
-    stopped = int(((df["method"] == "mixtraining") & ~df["done"] & df["error"].isna()).sum())
+    stopped = int(((df["method"] == "mixtraining") & ~df["completed"] & df["error"].isna()).sum())
     failed = int(df["error"].notna().sum())
     lines.append(f"trials: {len(df)} ({stopped} stopped early by the scheduler, {failed} failed)")
     return "\n".join(lines)
@@ -247,7 +262,8 @@ def summarize(df: pd.DataFrame, objective: str) -> str:
 
 # --- main -------------------------------------------------------------------------------------
 
-def run(args: argparse.Namespace, callbacks: list | None = None):
+def run(args: argparse.Namespace):
+    """Run (or resume) the search; returns one row per trial (see `trial_rows`)."""
     import ray
     from ray import tune
 
@@ -263,7 +279,6 @@ def run(args: argparse.Namespace, callbacks: list | None = None):
             load_dataset(d, args.data_dir)
     base = {**MixConfig(**common_config(args)).to_dict(), "_threads": max(1, int(args.cpus_per_trial))}
     base["data_dir"] = os.path.abspath(base["data_dir"])  # trials run in other working folders
-    searcher = make_searcher(args, base)
     space = get_space(args.space)
     budgets = epoch_budgets(space, args.epoch_scale)
 
@@ -271,12 +286,24 @@ def run(args: argparse.Namespace, callbacks: list | None = None):
         ray.init(address=args.address, include_dashboard=False, log_to_driver=args.verbose > 1,
                  configure_logging=True, logging_level=logging.WARNING)
     check_resources(args.cpus_per_trial, args.gpus_per_trial)
-    trainable = tune.with_resources(MixTrainable, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    trainable = tune.with_resources(tune.with_parameters(MixTrainable, base=base),
+                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     path = experiment_path(args)
+    parent = None
     if args.resume:
+        if not args.no_mlflow:
+            parent = read_file(args, PARENT_FILE).strip()
+            tracking.client(args.mlflow_uri).update_run(parent, status="RUNNING")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        save_args(args)
+        if not args.no_mlflow:
+            args.mlflow_uri = tracking.resolve_uri(args.mlflow_uri)
+            parent = tracking.start_parent(args.mlflow_uri, args.experiment, args.name,
+                                           {k: v for k, v in vars(args).items() if v is not None})
+            write_file(args, PARENT_FILE, parent)
+            log.info("MLflow: experiment %r, parent run %s at %s", args.experiment, parent, args.mlflow_uri)
+        write_file(args, ARGS_FILE, json.dumps(vars(args), indent=1))
+        searcher = make_searcher(args)
         log.info("experiment %s: %d trials (%s baselines), epoch budgets %s", path, searcher.total_trials,
                  "no" if args.no_baselines else "with", budgets)
         tuner = tune.Tuner(
@@ -286,11 +313,16 @@ def run(args: argparse.Namespace, callbacks: list | None = None):
                 max_concurrent_trials=args.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=args.name, storage_path=storage_root(args.storage_path), verbose=args.verbose,
-                callbacks=callbacks,
+                callbacks=[] if parent is None else [tracking.MLflowTracking(args.mlflow_uri, args.experiment, parent, base)],
                 checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=args.checkpoint_every,
                                                         num_to_keep=2, checkpoint_at_end=True),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures)))
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except BaseException:
+        if parent:
+            tracking.client(args.mlflow_uri).set_terminated(parent, status="KILLED")
+        raise
     df = trial_rows(results)
     print(summarize(df, args.objective))
     table = comparison_table(df)
@@ -298,7 +330,22 @@ def run(args: argparse.Namespace, callbacks: list | None = None):
         table.to_csv(os.path.join(path, "comparison.csv"), index=False)
         Path(path, "comparison.md").write_text(format_table(table) + "\n")
         print(f"table saved to {path}/comparison.{{csv,md}}")
+    if parent:
+        tracking.finish_parent(args.mlflow_uri, parent, df, table, best_checkpoint(results, df))
+        print(f"MLflow: parent run {parent} in experiment {args.experiment!r} ({args.mlflow_uri})")
     return df
+
+
+def best_checkpoint(results, df: pd.DataFrame):
+    """The final checkpoint of the best MixTraining trial (best config by mean val_acc, its best seed)."""
+    best = best_mixtraining(df)
+    if best.empty:
+        return None
+    trial_id = best.loc[best["val_acc"].idxmax(), "trial_id"]
+    for r in results:
+        if (r.metrics or {}).get("trial_id") == trial_id:
+            return r.checkpoint
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

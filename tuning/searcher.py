@@ -23,10 +23,9 @@ log = logging.getLogger(__name__)
 GROUP = "_group"  # config key shared by the seed repeats of one proposed configuration
 
 
-def baseline_configs(base: dict[str, Any], budgets: list[int], fractions: list[float],
-                     seeds: int) -> list[dict[str, Any]]:
+def baseline_configs(budgets: list[int], fractions: list[float], seeds: int) -> list[dict[str, Any]]:
     """SL and SSL+SL once per budget, fraction and seed (never once per alpha or rho)."""
-    return [{**base, "method": method, "e_ssl": e, "e_sl": e, "fraction": f, "seed": s}
+    return [{"method": method, "e_ssl": e, "e_sl": e, "fraction": f, "seed": s}
             for f in fractions for e in budgets for method in ("sl", "ssl_sl") for s in range(seeds)]
 
 
@@ -39,22 +38,23 @@ def split_space(space: dict[str, Any]) -> tuple[dict[str, Domain], dict[str, Any
 class ExperimentSearcher(Searcher):
     """Baselines, then proposals of per-fraction inner searchers (or a grid), each over all seeds.
 
-    base: config fields common to every trial (datasets, model, batch size, ...).
+    Suggestions hold only what varies between trials; the Trainable adds the search's shared base.
+
     inner: one Ray searcher per fraction, already built over the space's searched dimensions,
         or None for a grid, which emits every combination of the space once per seed.
     """
 
-    def __init__(self, base: dict[str, Any], space: dict[str, Any], fractions: list[float], seeds: int,
+    def __init__(self, space: dict[str, Any], fractions: list[float], seeds: int,
                  budgets: list[int], epoch_scale: float, num_samples: int,
                  inner: dict[float, Searcher] | None, metric: str | list[str], mode: str | list[str],
                  baselines: bool = True):
         super().__init__(metric=metric, mode=mode)
-        self.base, self.fractions, self.seeds, self.scale = base, list(fractions), seeds, epoch_scale
+        self.fractions, self.seeds, self.scale = list(fractions), seeds, epoch_scale
         self.inner = inner
         searched, self.constants = split_space(space)
         self.queue: list[dict[str, Any]] = []
         if baselines:
-            self.queue += baseline_configs(base, budgets, self.fractions, seeds)
+            self.queue += baseline_configs(budgets, self.fractions, seeds)
         if inner is None:
             for f in self.fractions:
                 for i, point in enumerate(grid(space)):
@@ -73,7 +73,7 @@ class ExperimentSearcher(Searcher):
 
     def _config(self, point: dict[str, Any], fraction: float, seed: int, group: str) -> dict[str, Any]:
         fields = to_config_fields({**self.constants, **point}, self.scale)
-        return {**self.base, "method": "mixtraining", **fields, "fraction": fraction, "seed": seed, GROUP: group}
+        return {"method": "mixtraining", **fields, "fraction": fraction, "seed": seed, GROUP: group}
 
     def _queue_group(self, group: str, point: dict[str, Any], fraction: float, first_seed: int) -> None:
         self.queue += [self._config(point, fraction, s, group) for s in range(first_seed, self.seeds)]

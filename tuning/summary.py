@@ -4,7 +4,7 @@ Pure functions over a pandas DataFrame, so that the search's own summary and
 `tuning/report.py` (rebuilt from MLflow) are the same code.
 
 Expected columns: method, fraction, epochs, seed, alpha, rho, lam, val_acc, test_acc,
-train_time_s, compute_gtok, done.
+train_time_s, compute_gtok, completed.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def best_mixtraining(df: pd.DataFrame) -> pd.DataFrame:
     Only trials that ran to the end count (ASHA's stopped trials have no final accuracy).
     Selection uses validation accuracy; the test accuracy of the chosen config is reported.
     """
-    mix = df[(df["method"] == "mixtraining") & df["done"].astype(bool)]
+    mix = df[(df["method"] == "mixtraining") & df["completed"].astype(bool)]
     if mix.empty:
         return mix
     keys = ["fraction", "epochs", *CONFIG_KEYS]
@@ -31,7 +31,7 @@ def best_mixtraining(df: pd.DataFrame) -> pd.DataFrame:
 
 def comparison_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (fraction, epochs, method): accuracy mean/std over seeds, time, speedup."""
-    base = df[df["method"].isin(["sl", "ssl_sl"]) & df["done"].astype(bool)]
+    base = df[df["method"].isin(["sl", "ssl_sl"]) & df["completed"].astype(bool)]
     rows = pd.concat([base, best_mixtraining(df)])
     if rows.empty:
         return pd.DataFrame()
@@ -64,3 +64,8 @@ def format_table(table: pd.DataFrame) -> str:
         lines.append(f"| {r.fraction:g} | {r.epochs} | {METHOD_NAMES[r.method]} | {acc} | {r.train_time_s:.1f} | "
                      f"{r.compute_gtok:.4g} | {speed} | " + " | ".join(cfg) + " |")
     return "\n".join(lines)
+
+
+def pareto_mask(acc: pd.Series, cost: pd.Series) -> list[bool]:
+    """True where no other point has accuracy >= and cost <=, one of them strictly."""
+    return [not (((acc >= a) & (cost <= c)) & ((acc > a) | (cost < c))).any() for a, c in zip(acc, cost)]

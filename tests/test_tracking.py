@@ -1,0 +1,92 @@
+"""MLflow tracking against a real `mlflow server` on loopback: runs, tags, params, histories, artifacts."""
+import pytest
+from mlflow import MlflowClient
+
+from tests_helpers import run_search_cli
+from tuning import report
+
+
+@pytest.fixture(scope="module")
+def tracked_search(ray_cluster, mlflow_server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tracked")
+    df, out = run_search_cli(tmp, "--space", "smoke", "--name", "tracked", "--num-samples", "2",
+                             "--scheduler", "fifo", "--seeds", "2", "--mlflow-uri", mlflow_server,
+                             "--experiment", "tracked")
+    return df, out, MlflowClient(mlflow_server)
+
+
+def _runs(c):
+    runs = c.search_runs([c.get_experiment_by_name("tracked").experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parent, children
+
+
+def _artifacts(c, run_id, path=None):
+    out = []
+    for f in c.list_artifacts(run_id, path):
+        out += _artifacts(c, run_id, f.path) if f.is_dir else [f.path]
+    return out
+
+
+def test_tracking__one_parent_and_a_tagged_child_per_trial(tracked_search):
+    df, _, c = tracked_search
+    parent, children = _runs(c)
+    assert len(parent) == 1 and len(children) == len(df) == 2 * 2 + 2 * 2  # baselines x seeds + samples x seeds
+    p = parent[0]
+    assert p.info.status == "FINISHED"
+    assert p.data.params["space"] == "smoke" and p.data.params["seeds"] == "2"
+    assert "mlflow.source.git.commit" in p.data.tags
+    assert all(r.data.tags["mlflow.parentRunId"] == p.info.run_id for r in children)
+    assert sorted(r.data.tags["method"] for r in children) == ["mixtraining"] * 4 + ["sl"] * 2 + ["ssl_sl"] * 2
+    assert sorted(r.data.tags["seed"] for r in children) == ["0"] * 4 + ["1"] * 4
+    assert {r.data.tags["datasets"] for r in children} == {"digits"}
+    assert {r.data.tags["trial_id"] for r in children} == set(df["trial_id"])
+    assert {r.info.status for r in children} == {"FINISHED"}
+
+
+def test_tracking__child_params_hold_the_resolved_config_and_phase_plan(tracked_search):
+    _, _, c = tracked_search
+    _, children = _runs(c)
+    for r in children:
+        p = r.data.params
+        assert p["model"] == "test" and p["datasets"] == "digits" and p["e_sl"] == "2"
+        plan = (int(p["plan_ssl_epochs"]), int(p["plan_mix_epochs"]), int(p["plan_sl_epochs"]))
+        expected = {"sl": (0, 0, 2), "ssl_sl": (2, 0, 2)}.get(r.data.tags["method"])
+        assert plan == expected if expected else plan[1] == int(p["e_mix"]) == int(float(p["rho"]) * 2)
+
+
+def test_tracking__per_epoch_metric_histories_and_test_accuracy(tracked_search):
+    _, _, c = tracked_search
+    _, children = _runs(c)
+    for r in children:
+        p = r.data.params
+        n_ssl, n_mix, n_sl = (int(p[k]) for k in ("plan_ssl_epochs", "plan_mix_epochs", "plan_sl_epochs"))
+        total = n_ssl + n_mix + n_sl
+        hist = lambda key: [m.step for m in c.get_metric_history(r.info.run_id, key)]  # noqa: E731
+        assert hist("train_time_s") == list(range(1, total + 1))
+        assert hist("compute_gtok") == list(range(1, total + 1))
+        assert hist("val_acc") == list(range(n_ssl + 1, total + 1))  # only once the classifier trained
+        assert hist("loss_ssl") == list(range(1, n_ssl + n_mix + 1))
+        phases = [m.value for m in c.get_metric_history(r.info.run_id, "phase")]
+        assert phases == [0.0] * n_ssl + [1.0] * n_mix + [2.0] * n_sl
+        assert 0.0 <= r.data.metrics["test_acc"] <= 1.0
+
+
+def test_tracking__reconstructions_on_trials_with_a_decoder_and_parent_artifacts(tracked_search):
+    _, _, c = tracked_search
+    parent, children = _runs(c)
+    for r in children:
+        has = "reconstruction.png" in _artifacts(c, r.info.run_id)
+        assert has == (r.data.tags["method"] != "sl"), r.data.tags["method"]
+    arts = set(_artifacts(c, parent[0].info.run_id))
+    assert {"comparison.csv", "comparison.md", "accuracy_vs_time.png", "best_model/engine.pt",
+            "best_model/config.json"} <= arts
+
+
+def test_report__rebuilt_from_the_server_equals_the_search_summary(tracked_search, mlflow_server, tmp_path, capsys):
+    _, search_out, _ = tracked_search
+    assert report.main(["--experiment", "tracked", "--mlflow-uri", mlflow_server, "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "comparison.md").read_text().strip()
+    assert table in search_out  # the very same Markdown table the search printed
+    assert (tmp_path / "accuracy_vs_time.png").stat().st_size > 1000

@@ -1,0 +1,18 @@
+"""Helpers shared by the search and tracking tests."""
+import contextlib
+import io
+
+from tuning import search
+
+TINY = ["--dataset", "digits", "--model", "test", "--verbose", "0", "--cpus-per-trial", "1"]
+
+
+def run_search_cli(tmp_path, *argv):
+    """Run tuning/search.py in this process (on the session's Ray); returns (trial rows, printed output)."""
+    parser = search.build_parser()
+    args = parser.parse_args([*TINY, "--storage-path", str(tmp_path), *argv])
+    search.validate(args, parser)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        df = search.run(args)
+    return df, out.getvalue()

@@ -1,0 +1,86 @@
+"""Rebuild the comparison table and figures from the MLflow tracking store alone.
+
+    python tuning/report.py --experiment mixtraining [--mlflow-uri URI] [--out report]
+
+Reads every trial (child) run of the experiment, across all the searches logged there (say,
+one search per data fraction gives the whole of Table 1), and writes comparison.csv,
+comparison.md and accuracy_vs_time.png.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pandas as pd
+
+from tuning import tracking
+from tuning.summary import comparison_table, format_table
+
+
+def trial_frame(uri: str, experiment: str, parent_run_id: str | None = None) -> pd.DataFrame:
+    """One row per trial run, in the columns of `tuning.search.trial_rows`."""
+    from mlflow.entities import ViewType
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no MLflow experiment {experiment!r} at {uri}")
+    query = "tags.method != ''" + (f" and tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id else "")
+    runs, token = [], None
+    while True:
+        page = c.search_runs([exp.experiment_id], query, ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        runs += page
+        token = page.token
+        if not token:
+            break
+    rows = []
+    for r in runs:
+        p, m, t = r.data.params, r.data.metrics, r.data.tags
+        rows.append({
+            "trial_id": t.get("trial_id"), "method": t["method"], "fraction": float(p["fraction"]),
+            "epochs": int(p["e_sl"]), "seed": int(p["seed"]), "alpha": float(p["alpha"]), "rho": float(p["rho"]),
+            "lam": float(p["lam"]), "val_acc": m.get("val_acc"), "test_acc": m.get("test_acc"),
+            "train_time_s": m.get("train_time_s"), "compute_gtok": m.get("compute_gtok"),
+            "sl_epochs": int(m.get("sl_epochs", 0)), "completed": t.get("completed") == "true",
+            "error": t.get("error"), "status": r.info.status, "search": t.get("mlflow.parentRunId")})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python tuning/report.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    p.add_argument("--mlflow-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    p.add_argument("--parent-run", help="only the search with this parent run id")
+    p.add_argument("--out", default="report", help="folder for the table and figure (default: ./report)")
+    args = p.parse_args(argv)
+    uri = tracking.resolve_uri(args.mlflow_uri)
+    try:
+        df = trial_frame(uri, args.experiment, args.parent_run)
+    except LookupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if df.empty:
+        print(f"error: experiment {args.experiment!r} has no trial runs", file=sys.stderr)
+        return 2
+    table = comparison_table(df)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "comparison.csv", index=False)
+    (out / "comparison.md").write_text(format_table(table) + "\n")
+    import matplotlib.pyplot as plt
+
+    from tuning.plots import accuracy_vs_time_figure
+    fig = accuracy_vs_time_figure(df)
+    fig.savefig(out / "accuracy_vs_time.png", dpi=120)
+    plt.close(fig)
+    print(format_table(table))
+    print(f"{len(df)} trial runs from {df['search'].nunique()} search(es); written to {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
