@@ -29,6 +29,15 @@ def _artifacts(c, run_id, path=None):
     return out
 
 
+def test_tracking__ssl_prefixes_are_shared_and_the_parent_reports_what_was_saved(tracked_search):
+    df, out, c = tracked_search
+    parent, children = _runs(c)
+    reused = int(sum(r.data.metrics["ssl_epochs_reused"] for r in children))
+    assert reused > 0 and df["ssl_epochs_reused"].sum() == reused
+    assert parent[0].data.metrics["ssl_epochs_reused"] == reused
+    assert f"SSL-prefix sharing: {reused} SSL-only epochs reused" in out
+
+
 def test_tracking__one_parent_and_a_tagged_child_per_trial(tracked_search):
     df, _, c = tracked_search
     parent, children = _runs(c)
@@ -63,13 +72,16 @@ def test_tracking__per_epoch_metric_histories_and_test_accuracy(tracked_search):
         p = r.data.params
         n_ssl, n_mix, n_sl = (int(p[k]) for k in ("plan_ssl_epochs", "plan_mix_epochs", "plan_sl_epochs"))
         total = n_ssl + n_mix + n_sl
+        # Epochs taken from a shared SSL prefix were trained (and logged) by another trial.
+        reused = int(r.data.metrics["ssl_epochs_reused"])
+        assert 0 <= reused <= n_ssl
         hist = lambda key: [m.step for m in c.get_metric_history(r.info.run_id, key)]  # noqa: E731
-        assert hist("train_time_s") == list(range(1, total + 1))
-        assert hist("compute_gtok") == list(range(1, total + 1))
+        assert hist("train_time_s") == list(range(reused + 1, total + 1))
+        assert hist("compute_gtok") == list(range(reused + 1, total + 1))
         assert hist("val_acc") == list(range(n_ssl + 1, total + 1))  # only once the classifier trained
-        assert hist("loss_ssl") == list(range(1, n_ssl + n_mix + 1))
+        assert hist("loss_ssl") == list(range(reused + 1, n_ssl + n_mix + 1))
         phases = [m.value for m in c.get_metric_history(r.info.run_id, "phase")]
-        assert phases == [0.0] * n_ssl + [1.0] * n_mix + [2.0] * n_sl
+        assert phases == [0.0] * (n_ssl - reused) + [1.0] * n_mix + [2.0] * n_sl
         assert 0.0 <= r.data.metrics["test_acc"] <= 1.0
 
 
@@ -90,3 +102,16 @@ def test_report__rebuilt_from_the_server_equals_the_search_summary(tracked_searc
     table = (tmp_path / "comparison.md").read_text().strip()
     assert table in search_out  # the very same Markdown table the search printed
     assert (tmp_path / "accuracy_vs_time.png").stat().st_size > 1000
+
+
+def test_tracking__a_run_of_a_trial_lost_with_the_driver_is_ended_and_deleted(tmp_path):
+    from tuning.tracking import drop_orphans, experiment_id
+    c = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    eid = experiment_id(c, "orphans")
+    parent = c.create_run(eid).info.run_id
+    kept = c.create_run(eid, tags={"mlflow.parentRunId": parent, "trial_id": "kept"}).info.run_id
+    ghost = c.create_run(eid, tags={"mlflow.parentRunId": parent, "trial_id": "ghost"}).info.run_id
+    drop_orphans(c, parent, {"kept"})
+    assert [r.info.run_id for r in c.search_runs([eid], "tags.trial_id != ''")] == [kept]
+    gone = c.get_run(ghost)
+    assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED" and "superseded" in gone.data.tags

@@ -135,6 +135,8 @@ class Engine:
         self.optimizer: torch.optim.Optimizer | None = None
         self.train_time_s = 0.0
         self.compute = 0  # block-token passes so far
+        self.prefix_epochs = 0  # SSL-only epochs taken from a shared prefix instead of trained
+        self.prefix_time_s = 0.0  # their training time, as measured when they were computed
 
     @property
     def done(self) -> bool:
@@ -320,13 +322,29 @@ class Engine:
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "train_time_s": self.train_time_s,
             "compute": self.compute,
+            "prefix_epochs": self.prefix_epochs,
+            "prefix_time_s": self.prefix_time_s,
             "torch_rng": torch.get_rng_state(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_ssl_prefix(self, state: dict[str, Any]) -> None:
+        """Start from another trial's SSL-only prefix (`state_dict()` after its SSL-only epoch k).
+
+        Valid because the SSL-only phase depends on the SSL settings, data, model and seed alone;
+        the caller matches those (trainable.prefix_store.prefix_key). Timers and compute carry
+        over, so the trial reports the cost of its whole schedule as if it had trained it.
+        """
+        if self.epoch != 0:
+            raise RuntimeError("an SSL prefix can only start a fresh engine")
+        if not 0 < state["epoch"] <= self.plan.ssl or state["opt_kind"] != "ssl":
+            raise ValueError(f"a prefix of {state['epoch']} SSL epochs does not fit a plan with {self.plan.ssl}")
+        self.load_state_dict(state, check_config=False)
+        self.prefix_epochs, self.prefix_time_s = state["epoch"], state["train_time_s"]
+
+    def load_state_dict(self, state: dict[str, Any], check_config: bool = True) -> None:
         mine, theirs = self.cfg.to_dict(), dict(state["config"])
         diff = sorted(k for k in mine if k not in _NON_TRAJECTORY_FIELDS and mine[k] != theirs.get(k))
-        if diff:
+        if diff and check_config:
             raise ValueError(f"checkpoint was trained with a different config: fields {diff} differ")
         self.model.load_state_dict(state["model"])
         self.opt_kind, self.optimizer = None, None
@@ -336,4 +354,6 @@ class Engine:
         self.epoch = state["epoch"]
         self.train_time_s = state["train_time_s"]
         self.compute = state["compute"]
+        self.prefix_epochs = state.get("prefix_epochs", 0)
+        self.prefix_time_s = state.get("prefix_time_s", 0.0)
         torch.set_rng_state(state["torch_rng"])

@@ -15,6 +15,7 @@ from ray import tune
 from trainable.config import MixConfig, model_name
 from trainable.engine import Engine, load_training_data, resolve_device
 from trainable.models import MODEL_CONFIGS
+from trainable.prefix_store import PrefixStore, prefix_key
 
 CHECKPOINT_FILE = "engine.pt"
 RECONSTRUCTION_FILE = "reconstruction.pt"
@@ -53,9 +54,25 @@ class MixTrainable(tune.Trainable):
             torch.set_num_threads(int(full["_threads"]))
         self.cfg = engine_config(full)
         self.engine = Engine(self.cfg, data=shared_training_data(self.cfg))
+        # SSL-prefix sharing (switched on by the search with `_prefix_store`): start from the
+        # longest stored prefix this trial's SSL-only phase can use.
+        self.store = None
+        if full.get("_prefix_store") and self.engine.plan.ssl > 0:
+            self.store = PrefixStore(full["_prefix_store"], int(full.get("_prefix_max_bytes", 20 * 2**30)))
+            self.prefix_key = prefix_key(self.cfg, self.engine.device.type)
+            self.prefix_every = max(1, self.cfg.e_ssl // 4)
+            k = self.store.longest(self.prefix_key, self.engine.plan.ssl)
+            if k:
+                self.engine.load_ssl_prefix(self.store.load(self.prefix_key, k, self.engine.device))
 
     def step(self) -> dict[str, Any]:
         m = self.engine.run_epoch()
+        e, p = self.engine.epoch, self.engine.plan
+        if self.store and m["phase"] == "ssl" and (e % self.prefix_every == 0 or e == p.ssl):
+            # Store at a stride (the SSL-only ends of other rho values) and at this trial's own end.
+            self.store.save(self.prefix_key, e, self.engine.state_dict())
+        m["ssl_epochs_reused"] = self.engine.prefix_epochs
+        m["ssl_time_reused_s"] = self.engine.prefix_time_s
         # Tune wants the metric in every result. Before the classifier has trained there is no
         # accuracy: NaN, never 0, and the phase-aware scheduler ignores these epochs anyway.
         m.setdefault("val_acc", float("nan"))

@@ -1,25 +1,61 @@
-"""Phase-aware ASHA: progress is counted in supervised epochs.
+"""Phase-aware ASHA: progress in supervised epochs, trials ranked within their epoch budget.
 
 During the SSL-only phase no classifier has trained, so validation accuracy says nothing
 about a trial: ASHA must not rank or stop it there. Its time attribute is therefore
 `sl_epochs` (epochs in which the classifier trained), and results from before the first such
-epoch are not shown to ASHA at all. Baselines always run to the end: the comparison table
-needs their final accuracy.
+epoch are never shown to ASHA. Trials are ranked only against trials with the same data
+fraction and epoch budget: a 10-epoch trial at its 8th supervised epoch has annealed its
+learning rate while a 20-epoch trial there is mid-schedule, and ranking them together kills
+the longer budgets. Each (fraction, budget) group gets its own Ray `ASHAScheduler`, and ASHA
+always lets the first trial at a rung continue, so every group finishes at least one trial.
+Baselines always run to the end: the comparison table needs their final accuracy.
 """
 from __future__ import annotations
 
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 SL_EPOCHS = "sl_epochs"
 
 
-class PhaseAwareASHA(ASHAScheduler):
-    def __init__(self, metric: str = "val_acc", mode: str = "max", max_t: int = 100,
-                 grace_period: int = 1, reduction_factor: float = 4):
-        super().__init__(time_attr=SL_EPOCHS, metric=metric, mode=mode, max_t=max_t,
-                         grace_period=grace_period, reduction_factor=reduction_factor)
+class PhaseAwareASHA(FIFOScheduler):
+    def __init__(self, metric: str = "val_acc", mode: str = "max", grace_period: int | None = None,
+                 reduction_factor: float = 4):
+        super().__init__()
+        self._metric, self._mode = metric, mode
+        self.grace_period, self.reduction_factor = grace_period, reduction_factor
+        self.groups: dict[tuple, ASHAScheduler] = {}
+
+    def _asha(self, trial) -> ASHAScheduler | None:
+        """The ASHA of the trial's (fraction, budget) group; None for baselines."""
+        cfg = trial.config
+        if cfg.get("method") != "mixtraining":
+            return None
+        key = (cfg["fraction"], cfg["e_sl"])
+        if key not in self.groups:
+            budget = int(cfg["e_sl"])
+            grace = min(budget, self.grace_period or max(1, budget // 4))
+            self.groups[key] = ASHAScheduler(time_attr=SL_EPOCHS, metric=self._metric, mode=self._mode,
+                                             max_t=budget, grace_period=grace,
+                                             reduction_factor=self.reduction_factor)
+        return self.groups[key]
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        if asha := self._asha(trial):
+            asha.on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if result.get(SL_EPOCHS, 0) < 1 or trial.config.get("method") != "mixtraining":
+        asha = self._asha(trial)
+        if asha is None or result.get(SL_EPOCHS, 0) < 1:
             return TrialScheduler.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
+        return asha.on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if asha := self._asha(trial):
+            asha.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        if asha := self._asha(trial):
+            asha.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return f"PhaseAwareASHA: {len(self.groups)} (fraction, budget) group(s)"

@@ -66,9 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data fraction(s) p in (0, 1], one search each (default 1.0)")
     g.add_argument("--epoch-scale", type=float, default=1.0,
                    help="multiply every epoch count (e.g. 0.1 turns 50/75/100 into 5/8/10)")
-    g.add_argument("--grace-period", type=int, help="ASHA: supervised epochs before a first stop")
+    g.add_argument("--grace-period", type=int,
+                   help="ASHA: supervised epochs before a first stop (default: a quarter of the budget)")
     g.add_argument("--no-baselines", action="store_true", help="skip the SL and SSL+SL baselines")
     g.add_argument("--search-seed", type=int, default=0, help="seed of the Optuna sampler")
+    g.add_argument("--no-share-ssl", dest="share_ssl", action="store_false",
+                   help="do not share SSL-only prefixes between trials with the same SSL settings")
+    g.add_argument("--prefix-store-gb", type=float, default=20.0,
+                   help="size bound of the shared SSL-prefix store, in GiB (default 20)")
     g = p.add_argument_group("resources and storage")
     g.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources allow)")
     g.add_argument("--cpus-per-trial", type=float, default=1.0)
@@ -188,17 +193,16 @@ def make_searcher(args: argparse.Namespace):
         space=space, fractions=args.fraction, seeds=args.seeds,
         budgets=epoch_budgets(space, args.epoch_scale), epoch_scale=args.epoch_scale,
         num_samples=args.num_samples, inner=inner, metric=metric, mode=mode,
-        baselines=not args.no_baselines)
+        baselines=not args.no_baselines, share_ssl=args.share_ssl)
 
 
-def make_scheduler(args: argparse.Namespace, budgets: list[int]):
+def make_scheduler(args: argparse.Namespace):
     from ray.tune.schedulers import FIFOScheduler
 
     from tuning.scheduler import PhaseAwareASHA
     if args.scheduler == "fifo":
         return FIFOScheduler()
-    grace = args.grace_period or max(1, min(budgets) // 4)
-    return PhaseAwareASHA(metric="val_acc", mode="max", max_t=max(budgets), grace_period=grace)
+    return PhaseAwareASHA(metric="val_acc", mode="max", grace_period=args.grace_period)
 
 
 def check_resources(cpus: float, gpus: float) -> None:
@@ -226,6 +230,7 @@ def trial_rows(results) -> pd.DataFrame:
             "val_acc": m.get("val_acc"), "test_acc": m.get("test_acc"),
             "train_time_s": m.get("train_time_s"), "compute_gtok": m.get("compute_gtok"),
             "sl_epochs": m.get("sl_epochs", 0), "completed": bool(m.get("completed", False)),
+            "ssl_epochs_reused": m.get("ssl_epochs_reused", 0), "ssl_time_reused_s": m.get("ssl_time_reused_s", 0.0),
             "error": str(r.error) if r.error else None})
     return pd.DataFrame(rows)
 
@@ -254,6 +259,9 @@ def summarize(df: pd.DataFrame, objective: str) -> str:
     if objective == "pareto":
         lines += ["", "== Pareto front (validation accuracy vs compute) ==",
                   pareto_front(df).to_string(index=False, float_format=lambda v: f"{v:.4g}")]
+    if df["ssl_epochs_reused"].sum():
+        lines.append(f"SSL-prefix sharing: {int(df['ssl_epochs_reused'].sum())} SSL-only epochs reused instead of "
+                     f"trained, {df['ssl_time_reused_s'].sum():.1f} s of training saved")
     stopped = int(((df["method"] == "mixtraining") & ~df["completed"] & df["error"].isna()).sum())
     failed = int(df["error"].notna().sum())
     lines.append(f"trials: {len(df)} ({stopped} stopped early by the scheduler, {failed} failed)")
@@ -279,11 +287,15 @@ def run(args: argparse.Namespace):
             load_dataset(d, args.data_dir)
     base = {**MixConfig(**common_config(args)).to_dict(), "_threads": max(1, int(args.cpus_per_trial))}
     base["data_dir"] = os.path.abspath(base["data_dir"])  # trials run in other working folders
+    if args.share_ssl:  # under the storage path, so every node of a cluster sees it
+        base["_prefix_store"] = experiment_path(args) + "/ssl_prefixes"
+        base["_prefix_max_bytes"] = int(args.prefix_store_gb * 2**30)
     space = get_space(args.space)
     budgets = epoch_budgets(space, args.epoch_scale)
 
     if not ray.is_initialized():
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=args.verbose > 1,
+        # "local" always starts a fresh instance; None would join any cluster left running on this machine.
+        ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=args.verbose > 1,
                  configure_logging=True, logging_level=logging.WARNING)
     check_resources(args.cpus_per_trial, args.gpus_per_trial)
     trainable = tune.with_resources(tune.with_parameters(MixTrainable, base=base),
@@ -309,7 +321,7 @@ def run(args: argparse.Namespace):
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=searcher, scheduler=make_scheduler(args, budgets), num_samples=searcher.total_trials,
+                search_alg=searcher, scheduler=make_scheduler(args), num_samples=searcher.total_trials,
                 max_concurrent_trials=args.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=args.name, storage_path=storage_root(args.storage_path), verbose=args.verbose,

@@ -17,6 +17,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.sample import Domain
 
 from search_spaces import grid, to_config_fields
+from trainable.config import MixConfig
+from trainable.schedule import phase_plan
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,11 @@ class ExperimentSearcher(Searcher):
     def __init__(self, space: dict[str, Any], fractions: list[float], seeds: int,
                  budgets: list[int], epoch_scale: float, num_samples: int,
                  inner: dict[float, Searcher] | None, metric: str | list[str], mode: str | list[str],
-                 baselines: bool = True):
+                 baselines: bool = True, share_ssl: bool = False):
         super().__init__(metric=metric, mode=mode)
+        self.share_ssl = share_ssl
+        # Trials in their SSL-only phase: SSL key -> trial id -> [epoch reached, SSL-only epochs planned].
+        self.ssl_running: dict[tuple, dict[str, list[int]]] = {}
         self.fractions, self.seeds, self.scale = list(fractions), seeds, epoch_scale
         self.inner = inner
         searched, self.constants = split_space(space)
@@ -78,12 +83,38 @@ class ExperimentSearcher(Searcher):
     def _queue_group(self, group: str, point: dict[str, Any], fraction: float, first_seed: int) -> None:
         self.queue += [self._config(point, fraction, s, group) for s in range(first_seed, self.seeds)]
 
+    # --- SSL-prefix sharing: do not start a trial whose prefix a running trial is about to store ---
+    @staticmethod
+    def _ssl_need(cfg: dict[str, Any]) -> tuple[tuple, int]:
+        """(SSL key within this search, SSL-only epochs) of a trial config."""
+        rho = {"sl": 0.0, "ssl_sl": 0.0}.get(cfg["method"], cfg.get("rho", MixConfig.rho))
+        e_ssl = 0 if cfg["method"] == "sl" else cfg["e_ssl"]
+        return (cfg["fraction"], cfg["seed"], e_ssl), phase_plan(e_ssl, cfg["e_sl"], rho).ssl
+
+    def _ready(self, cfg: dict[str, Any]) -> bool:
+        key, need = self._ssl_need(cfg)
+        return not (self.share_ssl and need and any(
+            done < need <= planned for done, planned in self.ssl_running.get(key, {}).values()))
+
+    def _started(self, trial_id: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        key, need = self._ssl_need(cfg)
+        if self.share_ssl and need:
+            self.ssl_running.setdefault(key, {})[trial_id] = [0, need]
+        return cfg
+
+    def _left_ssl(self, trial_id: str) -> None:
+        for trials in self.ssl_running.values():
+            trials.pop(trial_id, None)
+
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if self.queue:
-            cfg = self.queue.pop(0)
-            if GROUP in cfg:
-                self.trial_group[trial_id] = cfg[GROUP]
-            return cfg
+        for i, cfg in enumerate(self.queue):
+            if self._ready(cfg):
+                del self.queue[i]
+                if GROUP in cfg:
+                    self.trial_group[trial_id] = cfg[GROUP]
+                return self._started(trial_id, cfg)
+        if self.queue and self.inner is None:
+            return None  # every queued trial waits for a prefix that a running trial is computing
         for _ in range(len(self.fractions)):
             f = self.fractions[self.turn % len(self.fractions)]
             self.turn += 1
@@ -100,13 +131,20 @@ class ExperimentSearcher(Searcher):
             self.groups[trial_id] = {"fraction": f, "results": []}
             self.trial_group[trial_id] = trial_id
             self._queue_group(trial_id, point, f, first_seed=1)
-            return self._config(point, f, 0, trial_id)
-        return Searcher.FINISHED
+            return self._started(trial_id, self._config(point, f, 0, trial_id))
+        return None if self.queue else Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        pass  # the inner searchers learn from the mean over seeds, at completion
+        # The inner searchers learn from the mean over seeds, at completion; here only the SSL progress.
+        if result.get("phase") != "ssl":
+            self._left_ssl(trial_id)
+            return
+        for trials in self.ssl_running.values():
+            if trial_id in trials:
+                trials[trial_id][0] = result["epoch"]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._left_ssl(trial_id)
         group_id = self.trial_group.pop(trial_id, None)
         group = self.groups.get(group_id)
         if group is None:  # a baseline or a grid point: nothing to learn

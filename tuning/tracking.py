@@ -26,7 +26,7 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "mixtraining"
 # Per-epoch metrics logged with step = epoch; NaN (no classifier yet) is skipped.
 EPOCH_METRICS = ("loss_ssl", "loss_sl", "val_acc", "lr", "epoch_time_s", "train_time_s", "compute_gtok",
-                 "images_per_s", "sl_epochs")
+                 "images_per_s", "sl_epochs", "ssl_epochs_reused", "ssl_time_reused_s")
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -191,6 +191,10 @@ def finish_parent(uri: str, parent: str, df, table, best_checkpoint) -> None:
     from tuning.summary import format_table
 
     c = client(uri)
+    drop_orphans(c, parent, set(df["trial_id"].dropna()))
+    if "ssl_epochs_reused" in df:
+        c.log_metric(parent, "ssl_epochs_reused", float(df["ssl_epochs_reused"].sum()))
+        c.log_metric(parent, "ssl_time_saved_s", float(df["ssl_time_reused_s"].sum()))
     if not table.empty:
         c.log_text(parent, table.to_csv(index=False), "comparison.csv")
         c.log_text(parent, format_table(table) + "\n", "comparison.md")
@@ -204,3 +208,20 @@ def finish_parent(uri: str, parent: str, df, table, best_checkpoint) -> None:
             state = torch.load(weights, weights_only=True, map_location="cpu")
             c.log_dict(parent, state["config"], "best_model/config.json")
     c.set_terminated(parent, status="FINISHED")
+
+
+def drop_orphans(c, parent: str, trial_ids: set[str]) -> None:
+    """Delete child runs whose trial the experiment does not know.
+
+    A driver killed after a trial started but before Tune's next experiment snapshot loses that
+    trial: `--resume` runs its configuration again under a new trial id. The first run is then a
+    duplicate of the new one: it is tagged, ended and deleted (`MlflowClient.restore_run` brings it back
+    until `mlflow gc` purges it).
+    """
+    exp = c.get_run(parent).info.experiment_id
+    for r in c.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'"):
+        if r.data.tags.get("trial_id") not in trial_ids:
+            c.set_tag(r.info.run_id, "superseded", "trial lost with the driver before it was saved; rerun")
+            c.set_terminated(r.info.run_id, status="KILLED")
+            c.delete_run(r.info.run_id)
+            log.info("deleted MLflow run %s of a trial lost with the driver", r.info.run_id)
