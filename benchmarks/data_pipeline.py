@@ -1,6 +1,7 @@
 """Images/s of the tensor-resident pipeline against a torchvision DataLoader + transforms one.
 
-    python benchmarks/data_pipeline.py --model test --batches 60
+    python benchmarks/data_pipeline.py                 # micro model
+    python benchmarks/data_pipeline.py --data-only     # the pipelines alone
 
 Both feed the same SL training step of the same (small) model on the same CIFAR-shaped
 32x32 RGB images, so the difference is data handling: ours indexes a uint8 tensor and augments
@@ -28,7 +29,12 @@ from PIL import Image
 from trainable.data import augment, epoch_batches, generator, normalize, to_input_shape
 from trainable.datasets import load_dataset
 from trainable.engine import sl_step
-from trainable.models import MODEL_CONFIGS, MixViT
+from trainable.models import MODEL_CONFIGS, MixViT, ModelConfig
+
+
+# A model small enough that the data pipeline decides the throughput: 32x32 in patches of 8.
+MICRO = ModelConfig(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_dim=32,
+                    decoder_depth=1, decoder_heads=2)
 
 
 class PILImages(torch.utils.data.Dataset):
@@ -47,7 +53,9 @@ class PILImages(torch.utils.data.Dataset):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="test", help="small, so that data handling matters")
+    p.add_argument("--model", default="micro",
+                   help="micro (default): 16 tokens of dim 32, one block, so that data handling matters")
+    p.add_argument("--data-only", action="store_true", help="no training step: the pipelines alone")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--batches", type=int, default=60, help="batches per timed round")
     p.add_argument("--rounds", type=int, default=3)
@@ -59,11 +67,13 @@ def main(argv=None) -> int:
     mnist = load_dataset("mnist")  # 4,000 real training images, brought to 32x32 RGB like CIFAR
     images = to_input_shape(mnist.train_images, 32)
     labels = mnist.train_labels
-    cfg = MODEL_CONFIGS[args.model]
+    cfg = MICRO if args.model == "micro" else MODEL_CONFIGS[args.model]
     model = MixViT(cfg.__class__(**{**cfg.__dict__, "img_size": 32}), [10])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def train_step(x, y):
+        if args.data_only:
+            return
         loss = sl_step(model, x, [y])[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -101,7 +111,8 @@ def main(argv=None) -> int:
         rates["tensor_resident"].append(ours(args.batches))
         rates["dataloader"].append(dataloader(args.batches))
     med = {k: statistics.median(v) for k, v in rates.items()}
-    result = {"machine": f"{platform.machine()} torch {torch.__version__} threads {args.threads} cpu",
+    result = {"machine": f"{platform.machine()} torch {torch.__version__} threads {args.threads} cpu, "
+                         f"DataLoader workers {args.workers}",
               "config": vars(args), "images_per_s_median": med, "rounds": rates,
               "ratio": med["tensor_resident"] / med["dataloader"]}
     for k, v in rates.items():

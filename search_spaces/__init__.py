@@ -35,6 +35,14 @@ SPACES: dict[str, dict[str, Any]] = {
         EPOCHS: tune.qrandint(50, 100, 25),
         "lam": tune.uniform(0.0, 1.0),
     },
+    # Population-based training (--scheduler pbt): alpha adapted during training; the phase plan
+    # (rho, epochs) must be shared by a population, so it is fixed at the paper's main setting.
+    "pbt": {
+        "alpha": tune.uniform(0.01, 0.99),
+        "rho": 0.5,
+        EPOCHS: 100,
+        "lam": tune.uniform(0.0, 1.0),
+    },
     # Tests: two values of each searched field, one short budget.
     "smoke": {
         "alpha": tune.choice([0.1, 0.9]),

@@ -155,7 +155,8 @@ def test_search_on_two_nodes_survives_losing_the_worker_node(tmp_path):
     assert resumed
     for rs in resumed:
         restarts = [r for r in rs[1:] if r["iterations_since_restore"] == 1]
-        assert restarts and all(r["epoch"] > 1 for r in restarts), [(r["epoch"], r["iterations_since_restore"]) for r in rs]
+        assert restarts and all(r["epoch"] > 1 for r in restarts), [
+            (r["epoch"], r["iterations_since_restore"]) for r in rs]
     # One MLflow run per trial, all FINISHED: the lost trial's run continued rather than being duplicated.
     with sqlite3.connect(store) as db:
         rows = db.execute("select r.status, t.value from runs r join tags t on t.run_uuid = r.run_uuid "

@@ -178,6 +178,16 @@ def test_engine__sl_on_bundled_digits_is_well_above_chance(digits_data):
     assert eng.evaluate("test")["acc"] > 0.35  # chance is 0.10
 
 
+def test_engine__speed_switches_change_kernels_not_results(digits_data):
+    on = Engine(small_config(), data=digits_data)
+    off = Engine(small_config(sdpa="off", fused_adamw="on"), data=digits_data)
+    attn = lambda e: [m.fused_attn for m in e.model.modules() if hasattr(m, "fused_attn")]  # noqa: E731
+    assert attn(on) and all(attn(on)) and not any(attn(off))
+    assert not on.amp and not on.fused_adamw and off.fused_adamw  # auto: off on the CPU
+    a, b = on.run_epoch(), off.run_epoch()
+    assert a["loss_ssl"] == pytest.approx(b["loss_ssl"], rel=1e-4)
+
+
 def test_engine__non_finite_loss_stops_with_a_clear_error(digits_data):
     eng = Engine(small_config(method="sl", e_sl=2, sl_lr=1e30, sl_warmup=0.0), data=digits_data)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss in epoch 1 \(sl phase\).*lower it"):

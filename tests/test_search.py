@@ -149,6 +149,16 @@ def test_search__resumes_after_the_driver_is_killed_without_rerunning_or_duplica
         assert steps == set(range(res[0]["ssl_epochs_reused"] + 1, res[-1]["epoch"] + 1))
 
 
+def test_search__pbt_adapts_alpha_within_a_population_sharing_one_plan(ray_cluster, tmp_path):
+    df = run_search(tmp_path, "--space", "pbt", "--scheduler", "pbt", "--search", "random", "--name", "pbt",
+                    "--num-samples", "4", "--epoch-scale", "0.06", "--grace-period", "1", "--no-baselines",
+                    "--no-mlflow", "--checkpoint-every", "1")
+    assert len(df) == 4 and df["completed"].all() and df["error"].isna().all()
+    assert set(df["rho"]) == {0.5} and set(df["epochs"]) == {6}
+    alphas = {t: [r["alpha"] for r in rs] for t, rs in trial_results(tmp_path / "pbt").items()}
+    assert any(len(set(a)) > 1 for a in alphas.values()), f"PBT never perturbed alpha: {alphas}"
+
+
 def test_search__impossible_resource_request_fails_fast(ray_cluster, tmp_path, capsys):
     t0 = time.time()
     rc = search.main([*TINY, "--space", "smoke", "--storage-path", str(tmp_path), "--gpus-per-trial", "1"])
@@ -158,19 +168,21 @@ def test_search__impossible_resource_request_fails_fast(ray_cluster, tmp_path, c
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--space", "nope"], "argument --space: invalid choice: 'nope' (choose from paper, continuous, smoke)"),
+    (["--space", "nope"], "argument --space: invalid choice: 'nope' (choose from 'paper', 'continuous', 'pbt', 'smoke')"),
     (["--search", "bayes"], "argument --search: invalid choice: 'bayes'"),
     (["--scheduler", "hyperband"], "argument --scheduler: invalid choice"),
     (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),
     (["--fraction", "1.5"], "--fraction: must be in (0, 1], got 1.5"),
     (["--seeds", "0"], "--seeds: must be at least 1"),
     (["--resume"], "--resume needs --name"),
+    (["--scheduler", "pbt", "--search", "random"], "--scheduler pbt: space 'paper' varies rho, epochs"),
+    (["--scheduler", "pbt", "--space", "pbt"], "--scheduler pbt: use --search random or grid"),
 ])
 def test_search__invalid_flags_fail_with_a_message_naming_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         search.main(argv)
     assert exc.value.code == 2
-    assert message in capsys.readouterr().err.replace("'paper', 'continuous', 'smoke'", "paper, continuous, smoke")
+    assert message in capsys.readouterr().err
 
 
 def test_search__paper_setting_offline_fails_with_the_missing_data_error(tmp_path, capsys):

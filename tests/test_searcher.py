@@ -124,8 +124,8 @@ def test_phase_aware_asha__never_stops_a_trial_in_its_ssl_only_phase_nor_a_basel
         sched.on_trial_add(None, t)
     # Many SSL-only epochs with a meaningless (NaN) or terrible accuracy: always CONTINUE.
     for epoch in range(1, 6):
-        assert sched.on_trial_result(None, bad, {"sl_epochs": 0, "val_acc": float("nan"), "training_iteration": epoch}) \
-            == TrialScheduler.CONTINUE
+        nan_result = {"sl_epochs": 0, "val_acc": float("nan"), "training_iteration": epoch}
+        assert sched.on_trial_result(None, bad, nan_result) == TrialScheduler.CONTINUE
         assert sched.on_trial_result(None, base, {"sl_epochs": 0, "val_acc": 0.0}) == TrialScheduler.CONTINUE
     # Once both have trained their classifier, ASHA compares them at its rungs and stops the worse one.
     decisions = []

@@ -115,3 +115,15 @@ def test_tracking__a_run_of_a_trial_lost_with_the_driver_is_ended_and_deleted(tm
     assert [r.info.run_id for r in c.search_runs([eid], "tags.trial_id != ''")] == [kept]
     gone = c.get_run(ghost)
     assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED" and "superseded" in gone.data.tags
+
+
+def test_tracking__a_failed_trial_ends_failed_with_its_error(ray_cluster, mlflow_server, tmp_path):
+    df, out = run_search_cli(tmp_path, "--space", "smoke", "--name", "failing", "--num-samples", "1",
+                             "--no-baselines", "--scheduler", "fifo", "--max-failures", "0", "--sl-lr", "1e30",
+                             "--mlflow-uri", mlflow_server, "--experiment", "failing")
+    c = MlflowClient(mlflow_server)
+    runs = c.search_runs([c.get_experiment_by_name("failing").experiment_id], "tags.trial_id != ''")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert "non-finite loss" in runs[0].data.tags["error"]
+    assert "error.txt" in _artifacts(c, runs[0].info.run_id)
+    assert df["error"].notna().all() and "(0 stopped early by the scheduler, 1 failed)" in out

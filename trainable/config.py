@@ -51,6 +51,8 @@ class MixConfig:
     # Speed switches (issue "Speed"); auto means on for CUDA, off on the CPU.
     amp: str = "auto"  # bf16 autocast: auto | on | off
     compile: str = "auto"  # torch.compile of the encoder: auto | on | off
+    fused_adamw: str = "auto"  # fused AdamW kernel: auto | on | off
+    sdpa: str = "on"  # PyTorch scaled-dot-product attention in every block (timm's fused_attn): on | off
 
     def __post_init__(self):
         if isinstance(self.datasets, (list, str)):
@@ -70,6 +72,8 @@ class MixConfig:
         _check_choice("mix_optim", self.mix_optim, MIX_OPTIMS)
         _check_choice("amp", self.amp, ("auto", "on", "off"))
         _check_choice("compile", self.compile, ("auto", "on", "off"))
+        _check_choice("fused_adamw", self.fused_adamw, ("auto", "on", "off"))
+        _check_choice("sdpa", self.sdpa, ("on", "off"))
         for name in ("alpha", "rho", "lam"):
             _check_range(name, getattr(self, name), 0.0, 1.0)
         _check_range("fraction", self.fraction, 0.0, 1.0, low_open=True)

@@ -125,7 +125,11 @@ class Engine:
             self.model = MixViT(self.model_cfg, [t.num_classes for t in self.data.tasks])
             torch.manual_seed(stream_seed(cfg.seed, "heads", 0))
             self.model.reset_heads([t.num_classes for t in self.data.tasks])
+        for m in self.model.modules():  # timm's Attention picks SDPA or the explicit softmax per module
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = cfg.sdpa == "on"
         self.model.to(self.device)
+        self.fused_adamw = cfg.fused_adamw == "on" or (cfg.fused_adamw == "auto" and cuda)
         self._encoder_fwd = self.model.forward_encoder
         if cfg.compile == "on" or (cfg.compile == "auto" and cuda):
             # Compiling the bound method keeps state_dict keys unchanged; full batches keep shapes static.
@@ -156,8 +160,7 @@ class Engine:
             return
         s = optim_settings(self.cfg, kind)
         groups = param_groups_weight_decay(self.model, s.weight_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=s.betas,
-                                           fused=self.device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, fused=self.fused_adamw)
         self.opt_kind = kind
 
     def lr(self, kind: str, epoch: float) -> float:
@@ -341,9 +344,11 @@ class Engine:
         self.load_state_dict(state, check_config=False)
         self.prefix_epochs, self.prefix_time_s = state["epoch"], state["train_time_s"]
 
-    def load_state_dict(self, state: dict[str, Any], check_config: bool = True) -> None:
+    def load_state_dict(self, state: dict[str, Any], check_config: bool = True,
+                        mutable: tuple[str, ...] = ()) -> None:
+        """mutable: config fields the checkpoint may differ in (PBT perturbs alpha and lam)."""
         mine, theirs = self.cfg.to_dict(), dict(state["config"])
-        diff = sorted(k for k in mine if k not in _NON_TRAJECTORY_FIELDS and mine[k] != theirs.get(k))
+        diff = sorted(k for k in mine if k not in (*_NON_TRAJECTORY_FIELDS, *mutable) and mine[k] != theirs.get(k))
         if diff and check_config:
             raise ValueError(f"checkpoint was trained with a different config: fields {diff} differ")
         self.model.load_state_dict(state["model"])

@@ -1,7 +1,8 @@
 """Ray Tune class-API Trainable around the engine: one `step()` is one engine epoch.
 
 The trial config (over the search's shared `base`) is a dict of `MixConfig` fields plus
-bookkeeping keys that start with an underscore (ignored by the engine). Checkpoints hold the engine's full state and load with
+bookkeeping keys that start with an underscore (ignored by the engine). Checkpoints hold the
+engine's full state and load with
 `torch.load(..., weights_only=True)`.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from trainable.prefix_store import PrefixStore, prefix_key
 
 CHECKPOINT_FILE = "engine.pt"
 RECONSTRUCTION_FILE = "reconstruction.pt"
+PBT_MUTABLE = ("alpha", "lam")  # the fields population-based training may change during a trial
 
 # Training data by everything that determines it, so a reused actor (and the sibling trials it
 # runs) loads and prepares each dataset once per worker process.
@@ -53,6 +55,7 @@ class MixTrainable(tune.Trainable):
         if full.get("_threads"):
             torch.set_num_threads(int(full["_threads"]))
         self.cfg = engine_config(full)
+        self.mutable = PBT_MUTABLE if full.get("_pbt") else ()
         self.engine = Engine(self.cfg, data=shared_training_data(self.cfg))
         # SSL-prefix sharing (switched on by the search with `_prefix_store`): start from the
         # longest stored prefix this trial's SSL-only phase can use.
@@ -71,6 +74,7 @@ class MixTrainable(tune.Trainable):
         if self.store and m["phase"] == "ssl" and (e % self.prefix_every == 0 or e == p.ssl):
             # Store at a stride (the SSL-only ends of other rho values) and at this trial's own end.
             self.store.save(self.prefix_key, e, self.engine.state_dict())
+        m["alpha"] = self.cfg.alpha  # a metric too: PBT changes it during the trial
         m["ssl_epochs_reused"] = self.engine.prefix_epochs
         m["ssl_time_reused_s"] = self.engine.prefix_time_s
         # Tune wants the metric in every result. Before the classifier has trained there is no
@@ -98,7 +102,8 @@ class MixTrainable(tune.Trainable):
     def load_checkpoint(self, checkpoint: str) -> None:
         state = torch.load(os.path.join(checkpoint, CHECKPOINT_FILE), weights_only=True,
                            map_location=self.engine.device)
-        self.engine.load_state_dict(state)
+        # Under PBT a checkpoint may come from a population member with another alpha / lam.
+        self.engine.load_state_dict(state, mutable=self.mutable)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # A reused actor starts the new trial from scratch; the data cache makes this cheap.

@@ -1,7 +1,7 @@
 """Search MixTraining's alpha / rho / lam / epochs with Ray Tune, baselines alongside.
 
     python tuning/search.py --space paper                       # the paper's setting: CIFAR-10, ViT-T
-    python tuning/search.py --space paper --dataset digits --epoch-scale 0.04 --num-samples 6
+    python tuning/search.py --space paper --dataset digits --model tiny --epoch-scale 0.2 --num-samples 12
 
 Runs SL and SSL+SL once per (epoch budget, fraction, seed) and the searched MixTraining
 configurations over every seed, with Optuna (TPE), random sampling or a grid, under
@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):  # `python tuning/search.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,6 +31,7 @@ from search_spaces import SPACES, epoch_budgets, get_space
 from trainable.cli import add_common_args, common_config, flag_for
 from trainable.config import MixConfig
 from trainable.datasets import MissingDataError, load_dataset
+from trainable.tune_trainable import PBT_MUTABLE
 from tuning import tracking
 from tuning.summary import best_mixtraining, comparison_table, format_table, pareto_mask
 
@@ -40,7 +40,7 @@ log = logging.getLogger("tuning.search")
 ARGS_FILE = "mixtune_args.json"  # the search's settings, beside Ray's experiment state, for --resume
 PARENT_FILE = "mlflow_parent_run.txt"  # the MLflow parent run, so --resume continues it
 SEARCHES = ("optuna", "random", "grid")
-SCHEDULERS = ("asha", "fifo")
+SCHEDULERS = ("asha", "fifo", "pbt")
 OBJECTIVES = ("accuracy", "pareto")
 
 
@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--objective", default="accuracy", choices=OBJECTIVES,
                    help="accuracy: maximise validation accuracy; pareto: accuracy up and compute down")
     g.add_argument("--scheduler", default="asha", choices=SCHEDULERS,
-                   help="asha: phase-aware early stopping in supervised epochs (default); fifo: none")
+                   help="asha: phase-aware early stopping in supervised epochs (default); fifo: none; "
+                        "pbt: population-based training of alpha/lam (with --space pbt and --search random)")
     g.add_argument("--num-samples", type=int, default=10,
                    help="configurations per fraction for optuna/random (default 10); each runs --seeds times")
     g.add_argument("--seeds", type=int, default=1, help="seeds per configuration, averaged (the paper uses 4)")
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epoch-scale", type=float, default=1.0,
                    help="multiply every epoch count (e.g. 0.1 turns 50/75/100 into 5/8/10)")
     g.add_argument("--grace-period", type=int,
-                   help="ASHA: supervised epochs before a first stop (default: a quarter of the budget)")
+                   help="ASHA: supervised epochs before a first stop; PBT: between perturbations "
+                        "(default: a quarter of the budget)")
     g.add_argument("--no-baselines", action="store_true", help="skip the SL and SSL+SL baselines")
     g.add_argument("--search-seed", type=int, default=0, help="seed of the Optuna sampler")
     g.add_argument("--no-share-ssl", dest="share_ssl", action="store_false",
@@ -109,6 +111,14 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error("--cpus-per-trial must be positive and --gpus-per-trial non-negative")
     if args.resume and not args.name:
         parser.error("--resume needs --name of the experiment to continue")
+    if args.scheduler == "pbt":
+        from ray.tune.search.sample import Domain
+        varying = [k for k in ("rho", "epochs", "e_ssl", "e_sl") if isinstance(SPACES[args.space].get(k), Domain)]
+        if varying:
+            parser.error(f"--scheduler pbt: space {args.space!r} varies {', '.join(varying)}; PBT copies weights "
+                         f"between trials, which must share the phase plan: use --space pbt")
+        if args.search == "optuna":
+            parser.error("--scheduler pbt: use --search random or grid (PBT changes the configs Optuna would learn from)")
     try:
         for f in args.fraction:
             MixConfig(**common_config(args), fraction=f)
@@ -166,6 +176,10 @@ def experiment_exists(args: argparse.Namespace) -> bool:
 
 # --- search pieces ----------------------------------------------------------------------------
 
+def different_ssl_data(args: argparse.Namespace) -> bool:
+    return bool(args.ssl_dataset and args.ssl_dataset not in args.dataset)
+
+
 def metrics_and_modes(objective: str) -> tuple[str | list[str], str | list[str]]:
     if objective == "pareto":  # the paper's trade-off: accuracy up, deterministic compute down
         return ["val_acc", "compute_gtok"], ["max", "min"]
@@ -178,7 +192,7 @@ def make_searcher(args: argparse.Namespace):
 
     from tuning.searcher import ExperimentSearcher, split_space
 
-    space = get_space(args.space, different_ssl_data=bool(args.ssl_dataset and args.ssl_dataset not in args.dataset))
+    space = get_space(args.space, different_ssl_data=different_ssl_data(args))
     metric, mode = metrics_and_modes(args.objective)
     inner = None
     if args.search != "grid":
@@ -198,10 +212,15 @@ def make_searcher(args: argparse.Namespace):
 
 def make_scheduler(args: argparse.Namespace):
     from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search.sample import Domain
 
-    from tuning.scheduler import PhaseAwareASHA
+    from tuning.scheduler import PhaseAwareASHA, PhaseAwarePBT
     if args.scheduler == "fifo":
         return FIFOScheduler()
+    if args.scheduler == "pbt":
+        space = get_space(args.space, different_ssl_data=different_ssl_data(args))
+        mutations = {k: space[k] for k in PBT_MUTABLE if isinstance(space.get(k), Domain)}
+        return PhaseAwarePBT(mutations, metric="val_acc", mode="max", perturbation_interval=args.grace_period)
     return PhaseAwareASHA(metric="val_acc", mode="max", grace_period=args.grace_period)
 
 
@@ -255,7 +274,8 @@ def summarize(df: pd.DataFrame, objective: str) -> str:
         for f, sub in best.groupby("fraction"):
             b = sub.loc[sub["val_acc"].idxmax()]
             lines.append(f"best MixTraining at fraction {f:g}: alpha={b.alpha:g} rho={b.rho:g} lam={b.lam:g} "
-                         f"epochs={int(b.epochs)}  val_acc={b.val_acc:.4f} test_acc={b.test_acc:.4f} (seeds={int(b.n)})")
+                         f"epochs={int(b.epochs)}  val_acc={b.val_acc:.4f} test_acc={b.test_acc:.4f} "
+                         f"(seeds={int(b.n)})")
     if objective == "pareto":
         lines += ["", "== Pareto front (validation accuracy vs compute) ==",
                   pareto_front(df).to_string(index=False, float_format=lambda v: f"{v:.4g}")]
@@ -287,6 +307,8 @@ def run(args: argparse.Namespace):
             load_dataset(d, args.data_dir)
     base = {**MixConfig(**common_config(args)).to_dict(), "_threads": max(1, int(args.cpus_per_trial))}
     base["data_dir"] = os.path.abspath(base["data_dir"])  # trials run in other working folders
+    if args.scheduler == "pbt":
+        base["_pbt"] = True  # checkpoints may then come from a population member with another alpha / lam
     if args.share_ssl:  # under the storage path, so every node of a cluster sees it
         base["_prefix_store"] = experiment_path(args) + "/ssl_prefixes"
         base["_prefix_max_bytes"] = int(args.prefix_store_gb * 2**30)
@@ -325,9 +347,11 @@ def run(args: argparse.Namespace):
                 max_concurrent_trials=args.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=args.name, storage_path=storage_root(args.storage_path), verbose=args.verbose,
-                callbacks=[] if parent is None else [tracking.MLflowTracking(args.mlflow_uri, args.experiment, parent, base)],
-                checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=args.checkpoint_every,
-                                                        num_to_keep=2, checkpoint_at_end=True),
+                callbacks=[] if parent is None else [
+                    tracking.MLflowTracking(args.mlflow_uri, args.experiment, parent, base)],
+                checkpoint_config=tune.CheckpointConfig(
+                    checkpoint_frequency=args.checkpoint_every, checkpoint_at_end=True,
+                    num_to_keep=4 if args.scheduler == "pbt" else 2),  # PBT exploits others' checkpoints
                 failure_config=tune.FailureConfig(max_failures=args.max_failures)))
     try:
         results = tuner.fit()

@@ -55,7 +55,8 @@ def format_table(table: pd.DataFrame) -> str:
     """Markdown table: one line per method under each fraction and budget (Table 1 / Table 6 layout)."""
     if table.empty:
         return "(no finished trials to compare)"
-    lines = ["| fraction | epochs | method | test accuracy | train time (s) | compute (Gtok) | speedup | alpha | rho | lam |",
+    lines = ["| fraction | epochs | method | test accuracy | train time (s) | compute (Gtok) | speedup "
+             "| alpha | rho | lam |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         acc = f"{100 * r.test_acc_mean:.2f}% ± {100 * r.test_acc_std:.2f} (n={r.seeds})"
