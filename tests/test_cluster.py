@@ -1,6 +1,5 @@
 """cluster.yaml against Ray's schema, and a real two-node search that loses a worker node."""
 import copy
-import json
 import os
 import signal
 import socket
@@ -15,7 +14,7 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from tests_helpers import TINY
+from tests_helpers import TINY, trial_results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,15 +87,6 @@ def _kill_session(proc, sig=signal.SIGKILL):
         _kill_session(proc, signal.SIGKILL)
 
 
-def _results(exp: Path) -> dict[str, list[dict]]:
-    out = {}
-    for f in exp.glob("*/result.json"):
-        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-        if lines:
-            out[lines[0]["trial_id"]] = lines
-    return out
-
-
 def _wait_for_nodes(address, n, timeout=60):
     """Poll `ray status`-like state through a short-lived subprocess (this process is on another cluster)."""
     code = (f"import ray; ray.init(address='{address}', logging_level='ERROR');"
@@ -131,14 +121,14 @@ def test_search_on_two_nodes_survives_losing_the_worker_node(tmp_path):
         exp = tmp_path / "results" / "multi"
         deadline = time.time() + 240
         while time.time() < deadline:  # kill the node once some trial has checkpointed and is still running
-            running = {t: rs for t, rs in _results(exp).items() if len(rs) >= 2 and not rs[-1].get("done")}
+            running = {t: rs for t, rs in trial_results(exp).items() if len(rs) >= 2 and not rs[-1].get("done")}
             if running:
                 break
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             time.sleep(0.2)
         assert running, "no trial reached its second epoch"
         _kill_session(procs[1])  # SIGKILL: the raylet and every worker of the node, by pid
-        at_kill = {t: rs[-1]["epoch"] for t, rs in _results(exp).items()}
+        at_kill = {t: rs[-1]["epoch"] for t, rs in trial_results(exp).items()}
         procs.append(_start_node([f"--address={address}", "--num-cpus=2"], tmp_path / "worker2.log"))
         assert driver.wait(timeout=420) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
@@ -147,7 +137,7 @@ def test_search_on_two_nodes_survives_losing_the_worker_node(tmp_path):
         for p in reversed(procs):
             _kill_session(p, signal.SIGTERM)
 
-    results = _results(exp)
+    results = trial_results(exp)
     assert len(results) == 4  # 2 baselines + 2 samples, and nothing lost
     assert all(rs[-1]["completed"] for rs in results.values())
     # The trials running at the kill resumed from a checkpoint on the new node, not from epoch 1.

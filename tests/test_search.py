@@ -1,5 +1,4 @@
 """`tuning/search.py` end to end on one session-wide Ray instance: tiny model, bundled digits."""
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import torch
 from ray.tune.utils import validate_save_restore
 
 from trainable.tune_trainable import MixTrainable
-from tests_helpers import TINY, run_search_cli
+from tests_helpers import TINY, run_search_cli, trial_results
 from tuning import search
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,16 +21,6 @@ def run_search(tmp_path, *argv):
     df, out = run_search_cli(tmp_path, *argv)
     print(out)
     return df
-
-
-def trial_results(exp_dir: Path) -> dict[str, list[dict]]:
-    """Every trial's reported results, read from Ray's result.json files."""
-    out = {}
-    for f in exp_dir.glob("*/result.json"):
-        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-        if lines:
-            out[lines[0]["trial_id"]] = lines
-    return out
 
 
 def _trainable_config(**kw):
@@ -149,6 +138,37 @@ def test_search__resumes_after_the_driver_is_killed_without_rerunning_or_duplica
         assert steps == set(range(res[0]["ssl_epochs_reused"] + 1, res[-1]["epoch"] + 1))
 
 
+def test_search__ctrl_c_stops_with_a_resume_hint_and_resume_finishes(ray_cluster, tmp_path):
+    store = f"sqlite:///{tmp_path}/m.db"
+    cmd = [sys.executable, str(REPO / "tuning" / "search.py"), *TINY, "--space", "smoke", "--name", "ctrlc",
+           "--num-samples", "4", "--scheduler", "fifo", "--storage-path", str(tmp_path), "--address", ray_cluster,
+           "--mlflow-uri", store, "--experiment", "ctrlc"]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not any(len(rs) >= 2 for rs in trial_results(tmp_path / "ctrlc").values()):
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)
+        out, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 130, out[-2000:]
+    assert "continue with: python tuning/search.py --resume --name ctrlc" in out
+    from mlflow import MlflowClient
+    c = MlflowClient(store)
+    eid = c.get_experiment_by_name("ctrlc").experiment_id
+    parent = [r for r in c.search_runs([eid]) if "mlflow.parentRunId" not in r.data.tags][0]
+    assert parent.info.status == "KILLED"
+    args = search.build_parser().parse_args(["--resume", "--name", "ctrlc", "--storage-path", str(tmp_path),
+                                             "--verbose", "0"])
+    df = search.run(args)
+    assert len(df) == 6 and df["completed"].all()
+    assert c.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
 def test_search__pbt_adapts_alpha_within_a_population_sharing_one_plan(ray_cluster, tmp_path):
     df = run_search(tmp_path, "--space", "pbt", "--scheduler", "pbt", "--search", "random", "--name", "pbt",
                     "--num-samples", "4", "--epoch-scale", "0.06", "--grace-period", "1", "--no-baselines",
@@ -168,7 +188,8 @@ def test_search__impossible_resource_request_fails_fast(ray_cluster, tmp_path, c
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--space", "nope"], "argument --space: invalid choice: 'nope' (choose from 'paper', 'continuous', 'pbt', 'smoke')"),
+    (["--space", "nope"],
+     "argument --space: invalid choice: 'nope' (choose from 'paper', 'continuous', 'pbt', 'smoke')"),
     (["--search", "bayes"], "argument --search: invalid choice: 'bayes'"),
     (["--scheduler", "hyperband"], "argument --scheduler: invalid choice"),
     (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),

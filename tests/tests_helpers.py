@@ -1,6 +1,8 @@
 """Helpers shared by the search and tracking tests."""
 import contextlib
 import io
+import json
+from pathlib import Path
 
 from tuning import search
 
@@ -16,3 +18,13 @@ def run_search_cli(tmp_path, *argv):
     with contextlib.redirect_stdout(out):
         df = search.run(args)
     return df, out.getvalue()
+
+
+def trial_results(exp_dir: Path) -> dict[str, list[dict]]:
+    """Every trial's reported results, read from Ray's result.json files."""
+    out = {}
+    for f in Path(exp_dir).glob("*/result.json"):
+        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        if lines:
+            out[lines[0]["trial_id"]] = lines
+    return out

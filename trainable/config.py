@@ -145,6 +145,13 @@ def preset_for(datasets: tuple[str, ...], ssl_dataset: str | None = None) -> dic
     return dict(BUNDLED_PRESET) if used <= {"digits", "mnist"} else {}
 
 
+# (base LR, beta2, weight decay) by (kind, TinyImageNet): Table 7, and App. A.3's TinyImageNet values.
+_OPTIM_DEFAULTS = {
+    ("ssl", False): (1.5e-4, 0.95, 0.05), ("ssl", True): (1e-3, 0.95, 0.15),
+    ("sl", False): (1e-3, 0.95, 0.05), ("sl", True): (2e-3, 0.999, 0.05),
+}
+
+
 class OptimSettings(NamedTuple):
     lr: float  # absolute LR (base LR scaled by batch size)
     betas: tuple[float, float]
@@ -164,23 +171,16 @@ def optim_settings(cfg: MixConfig, kind: str) -> OptimSettings:
     - "ssl": the mix phase continues the SSL optimiser and schedule (its last e_mix epochs),
       and the SL schedule starts at SL epoch e_mix.
     """
+    if kind not in ("ssl", "sl"):
+        raise ValueError(f"kind: expected 'ssl' or 'sl', got {kind!r}")
     tin = "tinyimagenet" in cfg.datasets or cfg.ssl_dataset == "tinyimagenet"
-    scale = cfg.batch_size / 256  # MAE: lr = base_lr * batch_size / 256
-    if kind == "ssl":
-        base, beta2, wd = (1e-3, 0.95, 0.15) if tin else (1.5e-4, 0.95, 0.05)
-        lr = cfg.ssl_lr if cfg.ssl_lr is not None else base
-        beta2 = cfg.ssl_beta2 if cfg.ssl_beta2 is not None else beta2
-        wd = cfg.ssl_weight_decay if cfg.ssl_weight_decay is not None else wd
-        e = plan(cfg).ssl + plan(cfg).mix
-        return OptimSettings(lr * scale, (0.9, beta2), wd, cfg.ssl_warmup * e, e)
-    if kind == "sl":
-        base, beta2, wd = (2e-3, 0.999, 0.05) if tin else (1e-3, 0.95, 0.05)
-        lr = cfg.sl_lr if cfg.sl_lr is not None else base
-        beta2 = cfg.sl_beta2 if cfg.sl_beta2 is not None else beta2
-        wd = cfg.sl_weight_decay if cfg.sl_weight_decay is not None else wd
-        e = plan(cfg).mix + plan(cfg).sl
-        return OptimSettings(lr * scale, (0.9, beta2), wd, cfg.sl_warmup * e, e)
-    raise ValueError(f"kind: expected 'ssl' or 'sl', got {kind!r}")
+    given = [getattr(cfg, f"{kind}_{name}") for name in ("lr", "beta2", "weight_decay")]
+    lr, beta2, wd = (v if v is not None else d for v, d in zip(given, _OPTIM_DEFAULTS[kind, tin]))
+    p = plan(cfg)
+    epochs = p.ssl + p.mix if kind == "ssl" else p.mix + p.sl
+    warmup = cfg.ssl_warmup if kind == "ssl" else cfg.sl_warmup
+    # MAE's rule: lr = base_lr * batch_size / 256
+    return OptimSettings(lr * cfg.batch_size / 256, (0.9, beta2), wd, warmup * epochs, epochs)
 
 
 def _check_choice(name: str, value, choices) -> None:

@@ -118,7 +118,8 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             parser.error(f"--scheduler pbt: space {args.space!r} varies {', '.join(varying)}; PBT copies weights "
                          f"between trials, which must share the phase plan: use --space pbt")
         if args.search == "optuna":
-            parser.error("--scheduler pbt: use --search random or grid (PBT changes the configs Optuna would learn from)")
+            parser.error("--scheduler pbt: use --search random or grid "
+                         "(PBT changes the configs Optuna would learn from)")
     try:
         for f in args.fraction:
             MixConfig(**common_config(args), fraction=f)
@@ -355,6 +356,9 @@ def run(args: argparse.Namespace):
                 failure_config=tune.FailureConfig(max_failures=args.max_failures)))
     try:
         results = tuner.fit()
+        # On Ctrl-C Tune saves its state and returns; trials neither done nor failed mean that.
+        if any(r.error is None and not (r.metrics or {}).get("done") for r in results):
+            raise KeyboardInterrupt
     except BaseException:
         if parent:
             tracking.client(args.mlflow_uri).set_terminated(parent, status="KILLED")
