@@ -141,11 +141,13 @@ def _holdout(labels: torch.Tensor, val_frac: float) -> tuple[torch.Tensor, torch
     return keep.nonzero().squeeze(1), val
 
 
-def epoch_batches(n: int, batch: int, steps: int, gen: torch.Generator) -> list[torch.Tensor]:
+def epoch_batches(n: int, batch: int, steps: int, gen: torch.Generator,
+                  device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """`steps` full batches of indices into n items: fresh permutations, concatenated as needed.
 
     Full batches keep shapes static (one torch.compile graph); a task smaller than the others
-    in a multi-task epoch cycles through its data again.
+    in a multi-task epoch cycles through its data again. The whole epoch's indices move to
+    `device` in one copy.
     """
     perms = [torch.randperm(n, generator=gen) for _ in range(math.ceil(steps * batch / n))]
-    return list(torch.cat(perms)[:steps * batch].view(steps, batch))
+    return list(torch.cat(perms)[:steps * batch].view(steps, batch).to(device))

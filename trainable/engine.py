@@ -174,24 +174,23 @@ class Engine:
     def _ssl_batches(self, gen: torch.Generator) -> list[torch.Tensor]:
         n = len(self.data.ssl_images)
         b = min(self.cfg.batch_size, n)
-        return epoch_batches(n, b, math.ceil(n / b), gen)
+        return epoch_batches(n, b, math.ceil(n / b), gen, self.device)
 
     def _sl_batches(self, gen: torch.Generator) -> list[list[torch.Tensor]]:
         """Per step, one index batch per task; an epoch is one pass over the largest task."""
         tasks = self.data.tasks
         sizes = [min(math.ceil(self.cfg.batch_size / len(tasks)), len(t.train.labels)) for t in tasks]
         steps = max(math.ceil(len(t.train.labels) / b) for t, b in zip(tasks, sizes))
-        per_task = [epoch_batches(len(t.train.labels), b, steps, gen) for t, b in zip(tasks, sizes)]
+        per_task = [epoch_batches(len(t.train.labels), b, steps, gen, self.device) for t, b in zip(tasks, sizes)]
         return [list(step) for step in zip(*per_task)]
 
     def _ssl_input(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = self.data.ssl_images[idx.to(self.device)]
+        x = self.data.ssl_images[idx]
         return normalize(augment(x, self._pad(), self.data.ssl_flip, gen))
 
     def _sl_input(self, idxs: list[torch.Tensor], gen: torch.Generator):
         xs, ys = [], []
         for t, idx in zip(self.data.tasks, idxs):
-            idx = idx.to(self.device)
             xs.append(normalize(augment(t.train.images[idx], self._pad(), t.flip, gen)))
             ys.append(t.train.labels[idx])
         return torch.cat(xs), ys
