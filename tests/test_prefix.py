@@ -2,8 +2,9 @@
 import multiprocessing as mp
 
 import torch
-
 from conftest import small_config
+from ray.tune.search import Searcher
+
 from search_spaces import get_space
 from trainable.prefix_store import PrefixStore, prefix_key
 from trainable.tune_trainable import MixTrainable
@@ -94,13 +95,30 @@ def test_searcher__holds_back_a_trial_whose_prefix_a_running_trial_is_computing(
                            num_samples=1, inner=None, metric="val_acc", mode="max", share_ssl=True)
     sl, producer = s.suggest("t0"), s.suggest("t1")
     assert (sl["method"], producer["method"], producer["e_ssl"]) == ("sl", "ssl_sl", 4)
-    # Mix trials with e_ssl = 4 need 1..3 SSL-only epochs that t1 will store: only rho = 1 (none) may start.
-    started = [s.suggest(f"m{i}") for i in range(3)]
-    assert all(c is not None and c["rho"] == 1.0 for c in started if c and c["e_ssl"] == 4)
-    waiting = [c for c in s.queue if c["e_ssl"] == 4 and c["rho"] < 1.0]
-    assert waiting
-    for epoch in (1, 2, 3, 4):
-        s.on_trial_result("t1", {"phase": "ssl", "epoch": epoch})
-    s.on_trial_result("t1", {"phase": "sl", "epoch": 5})
-    nxt = s.suggest("m9")
-    assert nxt is not None and nxt["method"] == "mixtraining"
+    # Mix trials with e_ssl = 4 and rho < 1 need 1..3 SSL-only epochs that t1 (ssl_sl, 4 SSL epochs) will store.
+    blocked = [c for c in s.queue if c["e_ssl"] == 4 and c["rho"] < 1.0]
+    assert blocked and not any(s._ready(c) for c in blocked)
+    started = [s.suggest(f"m{i}") for i in range(len(s.queue))]
+    assert not any(c["e_ssl"] == 4 and c["rho"] < 1.0 for c in started if c), "a blocked trial started"
+    assert started[-1] is None and all(c in s.queue for c in blocked)
+    s.on_trial_result("t1", {"phase": "ssl", "epoch": 1})  # one SSL epoch stored: rho = 0.75 (needs 1) is ready
+    ready = s.suggest("m_ready")
+    assert (ready["e_ssl"], ready["rho"]) == (4, 0.75)
+    s.on_trial_result("t1", {"phase": "sl", "epoch": 5})  # t1 left its SSL phase: all its key's trials may start
+    waiting = [c for c in s.queue if c["e_ssl"] == 4]
+    assert waiting and all(s._ready(c) for c in waiting)
+
+
+def test_searcher__optuna_proposals_also_wait_for_a_prefix_being_computed():
+    class Inner(Searcher):
+        def suggest(self, trial_id):
+            return {"alpha": 0.5, "rho": 0.5, "epochs": 100}  # needs 2 of the 4 SSL epochs at scale 0.04
+
+    s = ExperimentSearcher(get_space("paper"), fractions=[1.0], seeds=1, budgets=[4], epoch_scale=0.04,
+                           num_samples=2, inner={1.0: Inner(metric="val_acc", mode="max")}, metric="val_acc",
+                           mode="max", share_ssl=True)
+    assert [s.suggest("b0")["method"], s.suggest("b1")["method"]] == ["sl", "ssl_sl"]  # b1 computes the prefix
+    assert s.suggest("p0") is None and len(s.queue) == 1  # the proposal waits in the queue
+    s.on_trial_result("b1", {"phase": "ssl", "epoch": 2})
+    cfg = s.suggest("p1")
+    assert cfg["method"] == "mixtraining" and cfg["_group"] == "p0"  # the group keeps the id Optuna knows

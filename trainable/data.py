@@ -124,7 +124,7 @@ def build_training_data(sets: Sequence[ImageSet], ssl_set: ImageSet | None, frac
         log.info("%s: %d training, %d validation, %d test images", s.name, len(pool), len(val),
                  len(s.test_labels))
     if ssl_set is None:
-        ssl = torch.cat([t.train.images for t in tasks])
+        ssl = tasks[0].train.images if len(tasks) == 1 else torch.cat([t.train.images for t in tasks])
         return TrainingData(tasks, ssl, all(t.flip for t in tasks), True)
     # A different SSL dataset has no labels to hold out; it is subset by the same fraction.
     sub = stratified_subset(ssl_set.train_labels, fraction, generator(stream_seed(seed, "ssl_pool", 0)))

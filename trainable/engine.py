@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 _NON_TRAJECTORY_FIELDS = ("data_dir", "download", "device")
 
 
+# Besides biases and norms (1-D): learned position embeddings and tokens, as timm's ViT.no_weight_decay().
+NO_WEIGHT_DECAY = ("encoder.pos_embed", "encoder.cls_token", "decoder_pos_embed", "mask_token")
+
+
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; training cannot continue meaningfully."""
 
@@ -68,9 +72,8 @@ def mix_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor], alpha: 
         x.shape[0], model.cfg.num_patches, mask_ratio, gen, x.device)
     pred = model.forward_decoder(select_tokens(tokens, ids_keep), ids_restore)
     l_ssl = mae_loss(pred, model.patchify(x), mask)
-    compute = (tokens.shape[0] * tokens.shape[1] * model.cfg.depth
-               + tokens.shape[0] * tokens.shape[1] * model.cfg.decoder_depth)
-    return mixed_loss(l_ssl, l_sl, alpha), {"loss_ssl": l_ssl.detach(), "loss_sl": l_sl.detach()}, compute
+    parts = {"loss_ssl": l_ssl.detach(), "loss_sl": l_sl.detach()}
+    return mixed_loss(l_ssl, l_sl, alpha), parts, _block_tokens(model, tokens, ids_restore)
 
 
 def separate_mix_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor], alpha: float,
@@ -81,10 +84,10 @@ def separate_mix_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor]
     return mixed_loss(l_ssl, l_sl, alpha), {"loss_ssl": l_ssl.detach(), "loss_sl": l_sl.detach()}, c_ssl + c_sl
 
 
-def _block_tokens(model: MixViT, visible: torch.Tensor, ids_restore: torch.Tensor) -> int:
-    """Tokens x transformer blocks of an MAE pass: the deterministic compute count."""
+def _block_tokens(model: MixViT, encoded: torch.Tensor, ids_restore: torch.Tensor) -> int:
+    """Tokens x transformer blocks of an encoder pass over `encoded` plus a decoder pass: the compute count."""
     b, n = ids_restore.shape
-    return b * visible.shape[1] * model.cfg.depth + b * (n + 1) * model.cfg.decoder_depth
+    return b * encoded.shape[1] * model.cfg.depth + b * (n + 1) * model.cfg.decoder_depth
 
 
 # --- the engine ---------------------------------------------------------------------------------
@@ -159,16 +162,16 @@ class Engine:
         if kind == self.opt_kind:
             return
         s = optim_settings(self.cfg, kind)
-        groups = param_groups_weight_decay(self.model, s.weight_decay)
+        groups = param_groups_weight_decay(self.model, s.weight_decay, NO_WEIGHT_DECAY)
         self.optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, fused=self.fused_adamw)
         self.opt_kind = kind
 
-    def lr(self, kind: str, epoch: float) -> float:
-        """LR at fractional training `epoch` (0-based) for the SSL or SL schedule."""
+    def lr_schedule(self, kind: str):
+        """epoch (0-based, fractional) -> LR of the SSL or SL schedule."""
         s = optim_settings(self.cfg, kind)
         # The SSL schedule starts at epoch 0; the SL schedule at the start of the mix phase.
-        local = epoch if kind == "ssl" else epoch - self.plan.ssl
-        return lr_at(local, s.lr, s.warmup_epochs, s.total_epochs)
+        start = 0 if kind == "ssl" else self.plan.ssl
+        return lambda epoch: lr_at(epoch - start, s.lr, s.warmup_epochs, s.total_epochs)
 
     # --- batches ---
     def _ssl_batches(self, gen: torch.Generator) -> list[torch.Tensor]:
@@ -215,8 +218,9 @@ class Engine:
         images, compute = 0, 0
         self._sync()
         t0 = time.perf_counter()
+        lr_of = self.lr_schedule(kind)
         for i, batch in enumerate(batches):
-            lr = self.lr(kind, e + i / len(batches))
+            lr = lr_of(e + i / len(batches))
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             with autocast:
@@ -326,7 +330,6 @@ class Engine:
             "compute": self.compute,
             "prefix_epochs": self.prefix_epochs,
             "prefix_time_s": self.prefix_time_s,
-            "torch_rng": torch.get_rng_state(),
         }
 
     def load_ssl_prefix(self, state: dict[str, Any]) -> None:
@@ -360,4 +363,3 @@ class Engine:
         self.compute = state["compute"]
         self.prefix_epochs = state.get("prefix_epochs", 0)
         self.prefix_time_s = state.get("prefix_time_s", 0.0)
-        torch.set_rng_state(state["torch_rng"])

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Everything the SSL-only phase depends on (the SSL optimiser via optim_settings, see prefix_key).
 _KEY_FIELDS = ("datasets", "ssl_dataset", "fraction", "val_frac", "seed", "e_ssl", "batch_size", "mask_ratio",
-               "amp", "compile")
+               "amp", "compile", "fused_adamw", "sdpa")
 
 
 def prefix_key(cfg: MixConfig, device_type: str) -> str:

@@ -74,7 +74,7 @@ class MixTrainable(tune.Trainable):
         if self.store and m["phase"] == "ssl" and (e % self.prefix_every == 0 or e == p.ssl):
             # Store at a stride (the SSL-only ends of other rho values) and at this trial's own end.
             self.store.save(self.prefix_key, e, self.engine.state_dict())
-        m["alpha"] = self.cfg.alpha  # a metric too: PBT changes it during the trial
+        m["alpha"], m["lam"] = self.cfg.alpha, self.cfg.lam  # metrics too: PBT changes them during a trial
         m["ssl_epochs_reused"] = self.engine.prefix_epochs
         m["ssl_time_reused_s"] = self.engine.prefix_time_s
         # Tune wants the metric in every result. Before the classifier has trained there is no

@@ -41,8 +41,10 @@ def trial_frame(uri: str, experiment: str, parent_run_id: str | None = None) -> 
         p, m, t = r.data.params, r.data.metrics, r.data.tags
         rows.append({
             "trial_id": t.get("trial_id"), "method": t["method"], "fraction": float(p["fraction"]),
-            "epochs": int(p["e_sl"]), "seed": int(p["seed"]), "alpha": float(p["alpha"]), "rho": float(p["rho"]),
-            "lam": float(p["lam"]), "val_acc": m.get("val_acc"), "test_acc": m.get("test_acc"),
+            "epochs": int(p["e_sl"]), "seed": int(p["seed"]), "rho": float(p["rho"]),
+            # PBT changes alpha / lam during a trial: the last value used, as the search reports it
+            "alpha": m.get("alpha", float(p["alpha"])), "lam": m.get("lam", float(p["lam"])),
+            "val_acc": m.get("val_acc"), "test_acc": m.get("test_acc"),
             "train_time_s": m.get("train_time_s"), "compute_gtok": m.get("compute_gtok"),
             "sl_epochs": int(m.get("sl_epochs", 0)), "completed": t.get("completed") == "true",
             "error": t.get("error"), "status": r.info.status, "search": t.get("mlflow.parentRunId")})

@@ -52,8 +52,10 @@ class ExperimentSearcher(Searcher):
                  baselines: bool = True, share_ssl: bool = False):
         super().__init__(metric=metric, mode=mode)
         self.share_ssl = share_ssl
-        # Trials in their SSL-only phase: SSL key -> trial id -> [epoch reached, SSL-only epochs planned].
+        # Trials in their SSL-only phase: SSL key -> trial id -> [epoch reached, SSL-only epochs planned];
+        # and the furthest SSL-only epoch any trial of a key has reached (and stored).
         self.ssl_running: dict[tuple, dict[str, list[int]]] = {}
+        self.ssl_reached: dict[tuple, int] = {}
         self.fractions, self.seeds, self.scale = list(fractions), seeds, epoch_scale
         self.inner = inner
         searched, self.constants = split_space(space)
@@ -99,21 +101,27 @@ class ExperimentSearcher(Searcher):
     def _started(self, trial_id: str, cfg: dict[str, Any]) -> dict[str, Any]:
         key, need = self._ssl_need(cfg)
         if self.share_ssl and need:
-            self.ssl_running.setdefault(key, {})[trial_id] = [0, need]
+            # It starts from the prefix already computed for its key, as far as that goes.
+            self.ssl_running.setdefault(key, {})[trial_id] = [min(need, self.ssl_reached.get(key, 0)), need]
         return cfg
 
     def _left_ssl(self, trial_id: str) -> None:
         for trials in self.ssl_running.values():
             trials.pop(trial_id, None)
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def _pop_ready(self, trial_id: str) -> dict[str, Any] | None:
         for i, cfg in enumerate(self.queue):
             if self._ready(cfg):
                 del self.queue[i]
                 if GROUP in cfg:
                     self.trial_group[trial_id] = cfg[GROUP]
                 return self._started(trial_id, cfg)
-        if self.queue and self.inner is None:
+        return None
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if (cfg := self._pop_ready(trial_id)) is not None:
+            return cfg
+        if self.queue:
             return None  # every queued trial waits for a prefix that a running trial is computing
         for _ in range(len(self.fractions)):
             f = self.fractions[self.turn % len(self.fractions)]
@@ -128,10 +136,10 @@ class ExperimentSearcher(Searcher):
                 self.remaining[f] = 0
                 continue
             self.remaining[f] -= 1
+            # The group is known to the inner searcher by this trial id, whichever trial runs seed 0.
             self.groups[trial_id] = {"fraction": f, "results": []}
-            self.trial_group[trial_id] = trial_id
-            self._queue_group(trial_id, point, f, first_seed=1)
-            return self._started(trial_id, self._config(point, f, 0, trial_id))
+            self._queue_group(trial_id, point, f, first_seed=0)
+            return self._pop_ready(trial_id)  # None while its SSL prefix is being computed
         return None if self.queue else Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -139,9 +147,10 @@ class ExperimentSearcher(Searcher):
         if result.get("phase") != "ssl":
             self._left_ssl(trial_id)
             return
-        for trials in self.ssl_running.values():
+        for key, trials in self.ssl_running.items():
             if trial_id in trials:
                 trials[trial_id][0] = result["epoch"]
+                self.ssl_reached[key] = max(self.ssl_reached.get(key, 0), result["epoch"])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._left_ssl(trial_id)

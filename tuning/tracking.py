@@ -26,7 +26,7 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "mixtraining"
 # Per-epoch metrics logged with step = epoch; NaN (no classifier yet) is skipped.
 EPOCH_METRICS = ("loss_ssl", "loss_sl", "val_acc", "lr", "epoch_time_s", "train_time_s", "compute_gtok",
-                 "images_per_s", "sl_epochs", "ssl_epochs_reused", "ssl_time_reused_s")
+                 "images_per_s", "sl_epochs", "ssl_epochs_reused", "ssl_time_reused_s", "alpha", "lam")
 
 
 def resolve_uri(uri: str | None) -> str:
