@@ -178,6 +178,16 @@ def test_engine__sl_on_bundled_digits_is_well_above_chance(digits_data):
     assert eng.evaluate("test")["acc"] > 0.35  # chance is 0.10
 
 
+def test_engine__no_weight_decay_on_biases_norms_position_embeddings_and_tokens(digits_data):
+    eng = Engine(small_config(), data=digits_data)
+    eng._ensure_optimizer("ssl")
+    names = {id(p): n for n, p in eng.model.named_parameters()}
+    no_decay = {names[id(p)] for g in eng.optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert {"encoder.pos_embed", "encoder.cls_token", "decoder_pos_embed", "mask_token"} <= no_decay
+    assert "encoder.blocks.0.attn.qkv.bias" in no_decay and "encoder.norm.weight" in no_decay
+    assert "encoder.blocks.0.attn.qkv.weight" not in no_decay and "heads.0.weight" not in no_decay
+
+
 def test_engine__speed_switches_change_kernels_not_results(digits_data):
     on = Engine(small_config(), data=digits_data)
     off = Engine(small_config(sdpa="off", fused_adamw="on"), data=digits_data)

@@ -162,7 +162,7 @@ class Engine:
         if kind == self.opt_kind:
             return
         s = optim_settings(self.cfg, kind)
-        groups = param_groups_weight_decay(self.model, s.weight_decay, NO_WEIGHT_DECAY)
+        groups = param_groups_weight_decay(self.model, s.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
         self.optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, fused=self.fused_adamw)
         self.opt_kind = kind
 
