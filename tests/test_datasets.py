@@ -224,3 +224,17 @@ def test_load_dataset__unknown_name_lists_the_choices():
     with pytest.raises(ValueError) as raised:
         load_dataset("imagenet")
     assert all(name in str(raised.value) for name in DATASETS)
+
+
+def test_image_set__pickles_its_pixels_out_of_band_so_the_object_store_shares_them_without_copies():
+    data = load_dataset("digits")
+    buffers = []
+    payload = pickle.dumps(data, protocol=5, buffer_callback=buffers.append)
+
+    back = pickle.loads(payload, buffers=buffers)
+
+    assert len(buffers) == 4 and len(payload) < 1000  # the arrays travel beside the pickle, not in it
+    assert back.train_images.data_ptr() == data.train_images.data_ptr()  # mapped, not copied
+    for field in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert torch.equal(getattr(back, field), getattr(data, field))
+    assert (back.name, back.num_classes, back.flip) == (data.name, data.num_classes, data.flip)

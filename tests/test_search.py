@@ -1,5 +1,6 @@
 """`tuning/search.py` end to end on one session-wide Ray instance: tiny model, bundled digits."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,6 +93,28 @@ def test_search__grid_over_paper_space_runs_each_combination_once_plus_baselines
     base = df[df["method"] != "mixtraining"]
     assert sorted(zip(base["method"], base["epochs"])) == [("sl", 1), ("sl", 2), ("ssl_sl", 1), ("ssl_sl", 2)]
     assert df["completed"].all() and df["error"].isna().all()
+
+
+def test_search__trials_take_datasets_from_the_object_store_not_from_data_dir(ray_cluster, tmp_path, monkeypatch):
+    from test_datasets import write_cifar
+    data_dir = tmp_path / "data"
+    write_cifar(data_dir, "cifar-10-batches-py", {f"data_batch_{i}": 8 for i in range(1, 6)} | {"test_batch": 8},
+                "labels", "batches.meta", "label_names")
+    loads = []
+
+    def load_then_delete(name, where, download=False):
+        loaded = load_dataset(name, where, download)
+        loads.append(name)
+        shutil.rmtree(data_dir)  # from here on, a trial that reads data_dir fails with MissingDataError
+        return loaded
+
+    load_dataset = search.load_dataset
+    monkeypatch.setattr(search, "load_dataset", load_then_delete)
+    df = run_search(tmp_path, "--dataset", "cifar10", "--data-dir", str(data_dir), "--space", "smoke",
+                    "--name", "objstore", "--num-samples", "2", "--scheduler", "fifo", "--no-mlflow")
+    assert loads == ["cifar10"]  # read once, by the driver
+    assert len(df) == 4 and df["error"].isna().all() and df["completed"].all()
+    assert df["test_acc"].between(0, 1).all()
 
 
 def test_search__resumes_after_the_driver_is_killed_without_rerunning_or_duplicating(

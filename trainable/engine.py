@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from timm.optim import param_groups_weight_decay
@@ -100,12 +100,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_training_data(cfg: MixConfig, device: torch.device) -> TrainingData:
-    """Load the config's datasets from disk (or the bundled ones) onto `device`."""
-    sets = [datasets.load_dataset(d, cfg.data_dir, cfg.download) for d in cfg.datasets]
+def load_training_data(cfg: MixConfig, device: torch.device,
+                       loaded: Mapping[str, datasets.ImageSet] | None = None) -> TrainingData:
+    """The config's training data on `device`: its datasets taken from `loaded` (by name) where
+    given, else read from disk (or the bundled ones), then split and subset for this config."""
+    def get(name: str) -> datasets.ImageSet:
+        if loaded and name in loaded:
+            return loaded[name]
+        return datasets.load_dataset(name, cfg.data_dir, cfg.download)
+
+    sets = [get(d) for d in cfg.datasets]
     ssl_set = None
     if cfg.ssl_dataset is not None and cfg.ssl_dataset not in cfg.datasets:
-        ssl_set = datasets.load_dataset(cfg.ssl_dataset, cfg.data_dir, cfg.download)
+        ssl_set = get(cfg.ssl_dataset)
     img_size = MODEL_CONFIGS[model_name(cfg)].img_size
     return build_training_data(sets, ssl_set, cfg.fraction, cfg.val_frac, cfg.seed, img_size, device)
 

@@ -14,6 +14,7 @@ import torch
 from ray import tune
 
 from trainable.config import MixConfig, model_name
+from trainable.datasets import ImageSet
 from trainable.engine import Engine, load_training_data, resolve_device
 from trainable.models import MODEL_CONFIGS
 from trainable.prefix_store import PrefixStore, prefix_key
@@ -23,7 +24,8 @@ RECONSTRUCTION_FILE = "reconstruction.pt"
 PBT_MUTABLE = ("alpha", "lam")  # the fields population-based training may change during a trial
 
 # Training data by everything that determines it, so a reused actor (and the sibling trials it
-# runs) loads and prepares each dataset once per worker process.
+# runs) splits each dataset and moves it to its device once per worker process. The decoded
+# datasets themselves come from the search's driver through Ray's object store (`loaded`).
 _DATA_CACHE: dict[tuple, Any] = {}
 _DATA_CACHE_MAX = 4
 
@@ -37,26 +39,29 @@ def _data_key(cfg: MixConfig) -> tuple:
             cfg.seed, MODEL_CONFIGS[model_name(cfg)].img_size, str(resolve_device(cfg.device)))
 
 
-def shared_training_data(cfg: MixConfig):
+def shared_training_data(cfg: MixConfig, loaded: dict[str, ImageSet] | None = None):
     key = _data_key(cfg)
     if key not in _DATA_CACHE:
         while len(_DATA_CACHE) >= _DATA_CACHE_MAX:
             _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
-        _DATA_CACHE[key] = load_training_data(cfg, resolve_device(cfg.device))
+        _DATA_CACHE[key] = load_training_data(cfg, resolve_device(cfg.device), loaded)
     return _DATA_CACHE[key]
 
 
 class MixTrainable(tune.Trainable):
     """base: the config fields every trial of a search shares (`tune.with_parameters`), so a
-    trial's own config holds only what varies and Ray's progress output stays readable."""
+    trial's own config holds only what varies and Ray's progress output stays readable.
+    loaded: datasets by name, decoded once by the driver and passed the same way, so trial
+    processes map them from the node's object store instead of reading them from disk."""
 
-    def setup(self, config: dict[str, Any], base: dict[str, Any] | None = None) -> None:
+    def setup(self, config: dict[str, Any], base: dict[str, Any] | None = None,
+              loaded: dict[str, ImageSet] | None = None) -> None:
         full = {**(base or {}), **config}
         if full.get("_threads"):
             torch.set_num_threads(int(full["_threads"]))
         self.cfg = engine_config(full)
         self.mutable = PBT_MUTABLE if full.get("_pbt") else ()
-        self.engine = Engine(self.cfg, data=shared_training_data(self.cfg))
+        self.engine = Engine(self.cfg, data=shared_training_data(self.cfg, loaded))
         # SSL-prefix sharing (switched on by the search with `_prefix_store`): start from the
         # longest stored prefix this trial's SSL-only phase can use.
         self.store = None
@@ -107,6 +112,6 @@ class MixTrainable(tune.Trainable):
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # A reused actor starts the new trial from scratch; the data cache makes this cheap.
-        self.setup(new_config)  # with_parameters wraps setup and passes `base` again
+        self.setup(new_config)  # with_parameters wraps setup and passes `base` and `loaded` again
         self.config = new_config
         return True

@@ -303,9 +303,13 @@ def run(args: argparse.Namespace):
     elif experiment_exists(args):
         raise UsageError(f"experiment {args.name!r} already exists under {storage_root(args.storage_path)}: "
                          f"pass --resume to continue it, or another --name")
-    if not args.download:  # fail on missing data before any Ray process starts
-        for d in {*args.dataset, *([args.ssl_dataset] if args.ssl_dataset else [])}:
-            load_dataset(d, args.data_dir)
+    # Each dataset is read (or downloaded) once, here, before any Ray process starts, so missing
+    # data fails at once. Trials get it through Ray's object store: one copy per node, mapped by
+    # every trial process without a copy, a decode or access to data_dir.
+    loaded = {}
+    for d in dict.fromkeys([*args.dataset, *([args.ssl_dataset] if args.ssl_dataset else [])]):
+        log.info("loading %s", d)
+        loaded[d] = load_dataset(d, args.data_dir, args.download)
     base = {**MixConfig(**common_config(args)).to_dict(), "_threads": max(1, int(args.cpus_per_trial))}
     base["data_dir"] = os.path.abspath(base["data_dir"])  # trials run in other working folders
     if args.scheduler == "pbt":
@@ -321,7 +325,7 @@ def run(args: argparse.Namespace):
         ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=args.verbose > 1,
                  configure_logging=True, logging_level=logging.WARNING)
     check_resources(args.cpus_per_trial, args.gpus_per_trial)
-    trainable = tune.with_resources(tune.with_parameters(MixTrainable, base=base),
+    trainable = tune.with_resources(tune.with_parameters(MixTrainable, base=base, loaded=loaded),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     path = experiment_path(args)
     parent = None
