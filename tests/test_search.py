@@ -1,4 +1,5 @@
 """`tuning/search.py` end to end on one session-wide Ray instance: tiny model, bundled digits."""
+import json
 import os
 import shutil
 import signal
@@ -234,3 +235,31 @@ def test_search__paper_setting_offline_fails_with_the_missing_data_error(tmp_pat
     assert rc == 2
     err = capsys.readouterr().err
     assert "cifar-10-batches-py" in err and "digits" in err and "Traceback" not in err
+
+
+def test_search__speed_switch_flags_reach_the_trial_config():
+    from trainable.cli import common_config
+    from trainable.config import MixConfig
+    args = search.build_parser().parse_args(["--amp", "on", "--compile", "off", "--fused-adamw", "on", "--sdpa", "off"])
+    cfg = MixConfig(**common_config(args))
+    assert (cfg.amp, cfg.compile, cfg.fused_adamw, cfg.sdpa) == ("on", "off", "on", "off")
+    assert MixConfig(**common_config(search.build_parser().parse_args([]))).amp == "auto"
+
+
+def test_search__resume_of_an_experiment_saved_before_a_flag_existed_uses_its_default(tmp_path):
+    saved = vars(search.build_parser().parse_args(["--name", "old", "--storage-path", str(tmp_path)]))
+    del saved["amp"]  # as written by a version without --amp
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / search.ARGS_FILE).write_text(json.dumps(saved))
+    args = search.load_args(search.build_parser().parse_args(
+        ["--resume", "--name", "old", "--storage-path", str(tmp_path)]))
+    assert args.amp == "auto" and args.resume and args.name == "old"
+
+
+def test_search__all_trials_failing_in_setup_ends_with_exit_code_1_and_says_so(ray_cluster, tmp_path, capsys):
+    # The driver cannot check the device (a cluster's head may have no GPU): each trial fails at setup.
+    code = search.main([*TINY, "--space", "smoke", "--num-samples", "1", "--device", "cuda", "--max-failures", "0",
+                        "--no-mlflow", "--no-share-ssl", "--storage-path", str(tmp_path), "--name", "nocuda"])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "all 3 trials failed" in captured.err and "trials: 3 (0 stopped early by the scheduler, 3 failed)" in captured.out

@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 _FLAGS = {"datasets": "--dataset", "e_ssl": "--e-ssl (or --epochs)", "e_sl": "--e-sl (or --epochs)"}
 
 
+SWITCH = ("auto", "on", "off")
+
+
 def flag_for(error: ValueError) -> str:
     """The flag behind a config ValueError ("alpha: must be ...") for a CLI message."""
     field = str(error).split(":", 1)[0]
@@ -42,6 +45,12 @@ def add_common_args(p: argparse.ArgumentParser, default_dataset: str = "digits")
     g.add_argument("--mix-optim", default="sl", choices=MIX_OPTIMS,
                    help="optimiser settings of the mix phase (default sl: the SL warmup starts there)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g = p.add_argument_group("speed switches (auto: on with CUDA, off on the CPU)")
+    g.add_argument("--amp", default="auto", choices=SWITCH, help="bf16 autocast")
+    g.add_argument("--compile", default="auto", choices=SWITCH, help="torch.compile of the encoder")
+    g.add_argument("--fused-adamw", default="auto", choices=SWITCH, help="fused AdamW kernel")
+    g.add_argument("--sdpa", default="on", choices=("on", "off"),
+                   help="PyTorch's scaled-dot-product attention in every block; off: explicit softmax")
 
 
 def common_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -49,7 +58,8 @@ def common_config(args: argparse.Namespace) -> dict[str, Any]:
     kw: dict[str, Any] = dict(
         datasets=tuple(args.dataset), ssl_dataset=args.ssl_dataset, data_dir=args.data_dir,
         download=args.download, model=args.model, mix_step=args.mix_step,
-        mix_optim=args.mix_optim, device=args.device)
+        mix_optim=args.mix_optim, device=args.device, amp=args.amp, compile=args.compile,
+        fused_adamw=args.fused_adamw, sdpa=args.sdpa)
     preset = preset_for(kw["datasets"], args.ssl_dataset)
     for name in ("batch_size", "ssl_lr", "sl_lr"):
         value = getattr(args, name)

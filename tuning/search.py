@@ -18,8 +18,9 @@ import os
 import sys
 from pathlib import Path
 
+REPO = str(Path(__file__).resolve().parent.parent)
 if __package__ in (None, ""):  # `python tuning/search.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, REPO)
 # Checkpoints every epoch with num_to_keep force experiment snapshots; on local storage they are cheap.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # MLflow would print a "View run" link for every trial run it ends; the summary names the parent run.
@@ -166,7 +167,8 @@ def load_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(f"no experiment {args.name!r} under {storage_root(args.storage_path)} to resume "
                          f"(looked for {ARGS_FILE}); check --name and --storage-path") from None
     saved.update(resume=True, address=args.address, verbose=args.verbose)
-    return argparse.Namespace(**saved)
+    # Flags added since the experiment started take their defaults.
+    return argparse.Namespace(**{**vars(args), **saved})
 
 
 def experiment_exists(args: argparse.Namespace) -> bool:
@@ -242,10 +244,10 @@ def trial_rows(results) -> pd.DataFrame:
     """One row per trial: its config's experiment axes and its last reported metrics."""
     rows, defaults = [], MixConfig()  # unsearched fields keep the config's defaults
     for r in results:
-        c, m = r.config, r.metrics or {}
+        c, m = r.config or {}, r.metrics or {}  # no config: the trial failed before its first report
         rows.append({
-            "trial_id": m.get("trial_id"), "method": c["method"], "fraction": c["fraction"],
-            "epochs": c["e_sl"], "seed": c["seed"],
+            "trial_id": m.get("trial_id"), "method": c.get("method"), "fraction": c.get("fraction"),
+            "epochs": c.get("e_sl"), "seed": c.get("seed"),
             **{k: float(c.get(k, getattr(defaults, k))) for k in ("alpha", "rho", "lam")},
             "val_acc": m.get("val_acc"), "test_acc": m.get("test_acc"),
             "train_time_s": m.get("train_time_s"), "compute_gtok": m.get("compute_gtok"),
@@ -321,6 +323,10 @@ def run(args: argparse.Namespace):
     budgets = epoch_budgets(space, args.epoch_scale)
 
     if not ray.is_initialized():
+        if not args.address:
+            # Trial processes of a local instance inherit this environment: let them import this
+            # checkout's packages even where it is not pip-installed, as this process can.
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
         # "local" always starts a fresh instance; None would join any cluster left running on this machine.
         ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=args.verbose > 1,
                  configure_logging=True, logging_level=logging.WARNING)
@@ -400,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.name:
         args.name = f"{args.space}-{'+'.join(args.dataset)}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     try:
-        run(args)
+        df = run(args)
     except (UsageError, MissingDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -409,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
               + (f" --storage-path {args.storage_path}" if args.storage_path != "ray_results" else ""),
               file=sys.stderr)
         return 130
+    if len(df) and df["error"].notna().all():
+        print(f"error: all {len(df)} trials failed; Ray printed each trial's error and its error file above "
+              f"(more with --verbose 2)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,34 @@
+"""The prepared GPU check must keep working: GPU sessions are rare and short, so a broken script
+there costs the measurement. Here it runs on the CPU with the `test` model."""
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_switches__times_each_variant_phase_and_shared_device_against_the_all_off_baseline(tmp_path):
+    gpu_switches = load_script("gpu_switches")
+    out = tmp_path / "switches.json"
+    gpu_switches.main(["--device", "cpu", "--model", "test", "--repeat", "1", "--reps", "1", "--batch-size", "128",
+                       "--variants", "baseline", "sdpa", "--phases", "ssl", "mix", "--concurrent", "1", "2", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["variants"]) == {"baseline", "sdpa"}
+    for variant, phases in result["variants"].items():
+        assert set(phases) == {"ssl", "mix"}
+        for r in phases.values():
+            assert r["images_per_s"] > 0 and r["first_epoch_loss"] > 0
+    assert all(r["speedup_over_baseline"] == 1.0 for r in result["variants"]["baseline"].values())
+    assert set(result["shared_device_sl_images_per_s"]) == {"1", "2"}  # trial processes sharing the device
+    assert all(v > 0 for v in result["shared_device_sl_images_per_s"].values())
+    # Same weights, same batches: SDPA and the explicit softmax compute the same first-epoch loss.
+    for ph in ("ssl", "mix"):
+        assert abs(result["variants"]["sdpa"][ph]["first_epoch_loss"]
+                   - result["variants"]["baseline"][ph]["first_epoch_loss"]) < 1e-3
