@@ -1,10 +1,11 @@
 """What each GPU switch buys: epoch throughput of SSL, SL and merged-mix epochs per switch, and
 the total throughput of several trials sharing one GPU (what fractional GPUs give a search).
 
-    python benchmarks/gpu_switches.py --out benchmarks/results/gpu_switches.json      # on a GPU machine
-    python benchmarks/gpu_switches.py --device cpu --model test --repeat 1 --variants baseline sdpa bf16
+    python benchmarks/gpu_switches.py --reps 2 --concurrent 1 4 --out benchmarks/results/gpu_switches.json
+    python benchmarks/gpu_switches.py --device cpu --model test --repeat 1 --reps 3 --concurrent   # CPU check
 
-Variants: `baseline` has every switch off (fp32, eager, foreach AdamW, explicit softmax attention);
+Variants: `baseline` has every switch off (fp32 with TF32 matmuls on CUDA, eager, foreach AdamW,
+explicit softmax attention);
 `sdpa`, `fused_adamw`, `bf16` and `compile` each turn one switch on over it; `all` is the default
 with CUDA (every switch on). Each variant trains the paper's model on the bundled digits
 (resized to the model's input, the training pool repeated `--repeat` times so that an epoch is long
@@ -14,6 +15,7 @@ epochs. Only the bundled data and torch/timm are needed, so it runs on a bare GP
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -40,6 +42,7 @@ VARIANTS = {
     "compile": {**OFF, "compile": "on"},
     "all": dict(amp="on", compile="on", fused_adamw="on", sdpa="on"),
 }
+BARRIER_TIMEOUT_S = 300  # warm-up (compilation) of the slowest process sharing the device
 PHASES = {  # phase -> config whose first epochs are all of that phase
     "ssl": dict(method="ssl_sl"),
     "sl": dict(method="sl"),
@@ -61,9 +64,12 @@ def phase_throughput(base: MixConfig, data, phase: str, reps: int) -> dict:
     cfg = base.replace(**PHASES[phase], e_ssl=reps + 1, e_sl=reps + 1)
     if phase == "ssl":
         cfg = cfg.replace(e_sl=1)
+    gc.collect()  # the previous engine (and its compiled graphs) must not count towards this one's memory
+    if torch.device(cfg.device).type == "cuda":
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(cfg.device)
     eng = Engine(cfg, data=data)
-    if eng.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(eng.device)
     warm = eng.run_epoch()
     epochs = [eng.run_epoch() for _ in range(reps)]
     assert all(m["phase"] == phase for m in [warm, *epochs]), phase
@@ -75,11 +81,13 @@ def phase_throughput(base: MixConfig, data, phase: str, reps: int) -> dict:
     return out
 
 
-def _worker(rank: int, base: MixConfig, repeat: int, reps: int, barrier, results) -> None:
-    data = repeated_data(base, torch.device(base.device), repeat)
-    eng = Engine(base.replace(method="sl", e_sl=reps + 1), data=data)
+def _worker(rank: int, base: MixConfig, repeat: int, reps: int, threads: int, barrier, results) -> None:
+    torch.set_num_threads(threads)  # k processes split the cores, as trials do (--cpus-per-trial)
+    # No validation split: the timed window then holds training alone, the images it counts.
+    cfg = base.replace(method="sl", e_sl=reps + 1, val_frac=0.0)
+    eng = Engine(cfg, data=repeated_data(cfg, torch.device(cfg.device), repeat))
     eng.run_epoch()  # warm-up, then all processes start timing together
-    barrier.wait()
+    barrier.wait(timeout=BARRIER_TIMEOUT_S)
     t0, images = time.perf_counter(), 0
     for _ in range(reps):
         m = eng.run_epoch()
@@ -92,13 +100,19 @@ def shared_device_throughput(base: MixConfig, k: int, repeat: int, reps: int) ->
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         barrier, results = manager.Barrier(k), manager.dict()
-        procs = [ctx.Process(target=_worker, args=(r, base, repeat, reps, barrier, results)) for r in range(k)]
+        threads = max(1, torch.get_num_threads() // k)
+        procs = [ctx.Process(target=_worker, args=(r, base, repeat, reps, threads, barrier, results))
+                 for r in range(k)]
         for p in procs:
             p.start()
+        for p in procs:  # a process that died before the barrier breaks it for the others
+            p.join(timeout=BARRIER_TIMEOUT_S + 60 * reps)
         for p in procs:
-            p.join()
+            if p.is_alive():
+                p.terminate()
         if len(results) != k:
-            raise RuntimeError(f"{k - len(results)} of {k} trial processes failed")
+            raise RuntimeError(f"{k - len(results)} of {k} trial processes failed (exit codes "
+                               f"{[p.exitcode for p in procs]})")
         return sum(i for i, _ in results.values()) / max(t for _, t in results.values())
 
 
@@ -113,9 +127,13 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     p.add_argument("--concurrent", type=int, nargs="*", default=[1, 2, 4],
-                   help="trial processes sharing the device, `all` switches, SL epochs (none: skip)")
+                   help="trial processes sharing the device, SL epochs (none: skip)")
+    p.add_argument("--concurrent-variant", default="all", choices=list(VARIANTS),
+                   help="the switches of the processes sharing the device (default: all, as on CUDA)")
     p.add_argument("--out", help="also write the figures as JSON here")
     args = p.parse_args(argv)
+    if "baseline" not in args.variants:  # every ratio is over it
+        args.variants.insert(0, "baseline")
     device = torch.device(args.device)
     base = MixConfig(datasets=(args.dataset,), model=args.model, batch_size=args.batch_size, device=args.device)
     data = repeated_data(base, device, args.repeat)
@@ -137,7 +155,8 @@ def main(argv=None) -> int:
         peak = max(r.get("peak_mem_gib", float("nan")) for r in rows.values())
         print(line + f"{peak:>10.2f}", flush=True)
     if args.concurrent:
-        shared = {k: shared_device_throughput(base.replace(**VARIANTS["all"]), k, args.repeat, args.reps)
+        shared = {k: shared_device_throughput(base.replace(**VARIANTS[args.concurrent_variant]), k, args.repeat,
+                                              args.reps)
                   for k in args.concurrent}
         result["shared_device_sl_images_per_s"] = shared
         for k, ips in shared.items():

@@ -1,24 +1,20 @@
 """The prepared GPU check must keep working: GPU sessions are rare and short, so a broken script
 there costs the measurement. Here it runs on the CPU with the `test` model."""
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_gpu_switches__times_each_variant_phase_and_shared_device_against_the_all_off_baseline(tmp_path):
-    gpu_switches = load_script("gpu_switches")
+def test_gpu_switches__times_each_variant_phase_and_shared_device_against_the_all_off_baseline(
+        tmp_path, monkeypatch):
+    # Imported by name, as the processes it spawns import it (they inherit sys.path).
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    gpu_switches = importlib.import_module("gpu_switches")
     out = tmp_path / "switches.json"
     gpu_switches.main(["--device", "cpu", "--model", "test", "--repeat", "1", "--reps", "1", "--batch-size", "128",
-                       "--variants", "baseline", "sdpa", "--phases", "ssl", "mix", "--concurrent", "1", "2", "--out", str(out)])
+                       "--variants", "baseline", "sdpa", "--phases", "ssl", "mix", "--concurrent", "1", "2", "--concurrent-variant", "baseline", "--out", str(out)])
     result = json.loads(out.read_text())
     assert set(result["variants"]) == {"baseline", "sdpa"}
     for variant, phases in result["variants"].items():

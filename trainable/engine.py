@@ -127,6 +127,8 @@ class Engine:
         self.model_cfg = MODEL_CONFIGS[model_name(cfg)]
         self.data = data if data is not None else load_training_data(cfg, self.device)
         cuda = self.device.type == "cuda"
+        if cuda:  # TF32 for what stays fp32 (everything, with amp off), as nanoGPT and timm's train.py
+            torch.set_float32_matmul_precision("high")
         self.amp = cfg.amp == "on" or (cfg.amp == "auto" and cuda)
         # Encoder/decoder init draws from its own seed and the heads from another, so the
         # SSL-only phase does not depend on the SL task (its number of classes).

@@ -167,8 +167,8 @@ def load_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(f"no experiment {args.name!r} under {storage_root(args.storage_path)} to resume "
                          f"(looked for {ARGS_FILE}); check --name and --storage-path") from None
     saved.update(resume=True, address=args.address, verbose=args.verbose)
-    # Flags added since the experiment started take their defaults.
-    return argparse.Namespace(**{**vars(args), **saved})
+    # Flags added since the experiment started take their defaults (which its checkpoints recorded).
+    return argparse.Namespace(**{**vars(build_parser().parse_args([])), **saved})
 
 
 def experiment_exists(args: argparse.Namespace) -> bool:
@@ -323,7 +323,7 @@ def run(args: argparse.Namespace):
     budgets = epoch_budgets(space, args.epoch_scale)
 
     if not ray.is_initialized():
-        if not args.address:
+        if not args.address and os.path.exists(os.path.join(REPO, "pyproject.toml")):
             # Trial processes of a local instance inherit this environment: let them import this
             # checkout's packages even where it is not pip-installed, as this process can.
             os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
