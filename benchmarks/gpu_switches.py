@@ -29,7 +29,7 @@ if __package__ in (None, ""):
 import torch
 import torch.multiprocessing as mp
 
-from trainable.config import MixConfig
+from trainable.config import MixConfig, resolve
 from trainable.data import Split
 from trainable.engine import Engine, load_training_data
 
@@ -52,7 +52,7 @@ PHASES = {  # phase -> config whose first epochs are all of that phase
 
 def repeated_data(cfg: MixConfig, device: torch.device, repeat: int):
     """The config's training data with its training pool repeated `repeat` times (epoch length only)."""
-    data = load_training_data(cfg, device)
+    data = load_training_data(resolve(cfg.replace(device=str(device))))
     t = data.tasks[0]
     t.train = Split(t.train.images.repeat(repeat, 1, 1, 1), t.train.labels.repeat(repeat))
     data.ssl_images = t.train.images

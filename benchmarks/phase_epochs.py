@@ -23,7 +23,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from trainable.config import MixConfig
+from trainable.config import MixConfig, resolve
 from trainable.data import generator
 from trainable.engine import Engine, load_training_data
 from trainable.losses import mae_loss
@@ -41,8 +41,8 @@ def decoder_epoch_time(engine: Engine) -> float:
     """Seconds the decoder alone (forward, loss, backward) takes over one epoch of SL batches."""
     model, gen = engine.model, generator(0)
     total = 0.0
-    for idxs in engine._sl_batches(gen):
-        x, _ = engine._sl_input(idxs, gen)
+    for idxs in engine.data.sl_batches(engine.cfg.batch_size, gen):
+        x, _ = engine.data.sl_input(idxs, gen)
         with torch.no_grad():
             tokens = model.forward_encoder(x)
         tokens.requires_grad_(True)
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     base = MixConfig(datasets=(args.dataset,), model=args.model, batch_size=args.batch_size, device=args.device,
                      e_ssl=args.reps + 1, e_sl=args.reps + 1)  # + the warm-up epoch
-    data = load_training_data(base, torch.device(args.device))
+    data = load_training_data(resolve(base))
     engines = {}
     for name, kw in KINDS.items():
         cfg = base.replace(**kw)

@@ -42,7 +42,7 @@ def run(share: bool, args, storage: str) -> dict:
     a = parser.parse_args(argv)
     search.validate(a, parser)
     t0 = time.perf_counter()
-    df = search.run(a)
+    df = search.run(a).df
     wall = time.perf_counter() - t0
     planned = sum(ssl_only_planned(r) for r in df.itertuples())
     reused = int(df["ssl_epochs_reused"].sum())

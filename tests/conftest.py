@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from trainable.config import MixConfig
+from trainable.config import MixConfig, resolve
 from trainable.engine import load_training_data
 
 
@@ -16,7 +16,7 @@ def small_config(**overrides) -> MixConfig:
 
 @pytest.fixture(scope="session")
 def digits_data():
-    return load_training_data(small_config(), torch.device("cpu"))
+    return load_training_data(resolve(small_config()))
 
 # One intra-op thread: on 2 shared cores, OpenMP's second thread makes small tensor ops many times slower.
 torch.set_num_threads(1)

@@ -193,7 +193,7 @@ def test_engine__speed_switches_change_kernels_not_results(digits_data):
     off = Engine(small_config(sdpa="off", fused_adamw="on"), data=digits_data)
     attn = lambda e: [m.fused_attn for m in e.model.modules() if hasattr(m, "fused_attn")]  # noqa: E731
     assert attn(on) and all(attn(on)) and not any(attn(off))
-    assert not on.amp and not on.fused_adamw and off.fused_adamw  # auto: off on the CPU
+    assert not on.run.amp and not on.run.fused_adamw and off.run.fused_adamw  # auto: off on the CPU
     a, b = on.run_epoch(), off.run_epoch()
     assert a["loss_ssl"] == pytest.approx(b["loss_ssl"], rel=1e-4)
 
@@ -215,9 +215,9 @@ def test_engine__different_ssl_dataset_mixes_images_with_lambda():
     eng = Engine(cfg)
     assert not eng.data.ssl_is_sl
     x = torch.randn(4, 3, 16, 16)
-    assert torch.equal(eng._mix_images(x, generator(0)), x)  # lam = 1: pure SL images
+    assert torch.equal(eng.data.mix_images(x, 1.0, generator(0)), x)  # lam = 1: pure SL images
     eng_half = Engine(cfg.replace(lam=0.5), data=eng.data)
-    mixed = eng_half._mix_images(x, generator(0))
+    mixed = eng_half.data.mix_images(x, 0.5, generator(0))
     x_ssl = 2 * mixed - x  # Eq. (2) solved for x_ssl must be a (normalised, augmented) SSL image
     assert x_ssl.min() >= -1 - 1e-5 and x_ssl.max() <= 1 + 1e-5
     assert eng.run_epoch()["phase"] == "mix"

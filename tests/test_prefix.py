@@ -6,6 +6,7 @@ from conftest import small_config
 from ray.tune.search import Searcher
 
 from search_spaces import get_space
+from trainable.config import resolve
 from trainable.prefix_store import PrefixStore, prefix_key
 from trainable.tune_trainable import MixTrainable
 from tuning.searcher import ExperimentSearcher
@@ -35,7 +36,7 @@ def test_prefix_sharing__a_trial_from_a_stored_prefix_equals_one_that_trained_it
     producer = MixTrainable(config=_config(store, method="ssl_sl", e_ssl=4, e_sl=4))
     for _ in range(4):
         producer.train()
-    key = prefix_key(producer.cfg, "cpu")
+    key = prefix_key(producer.run, "cpu")
     assert PrefixStore(str(store)).epochs(key) == [1, 2, 3, 4]  # stride e_ssl // 4 = 1
 
     shared = MixTrainable(config=_config(store, e_ssl=4, e_sl=4, rho=0.5, alpha=0.5))
@@ -56,10 +57,10 @@ def test_prefix_key__differs_exactly_when_the_ssl_phase_can_differ():
             base.replace(method="ssl_sl"), base.replace(sl_lr=1.0)]
     other = [base.replace(seed=1), base.replace(e_ssl=5), base.replace(fraction=0.5), base.replace(ssl_lr=1e-3),
              base.replace(batch_size=64), base.replace(datasets=("mnist",))]
-    k = prefix_key(base, "cpu")
-    assert all(prefix_key(c, "cpu") == k for c in same)
-    assert all(prefix_key(c, "cpu") != k for c in other)
-    assert prefix_key(base, "cuda") != k
+    k = prefix_key(resolve(base), "cpu")
+    assert all(prefix_key(resolve(c), "cpu") == k for c in same)
+    assert all(prefix_key(resolve(c), "cpu") != k for c in other)
+    assert prefix_key(resolve(base), "cuda") != k
 
 
 def _save_many(root, value):

@@ -143,7 +143,7 @@ def test_search__resumes_after_the_driver_is_killed_without_rerunning_or_duplica
 
     parser = search.build_parser()
     args = parser.parse_args(["--resume", "--name", name, "--storage-path", str(tmp_path), "--verbose", "0"])
-    df = search.run(args)
+    df = search.run(args).df
     assert len(df) == 6 and df["completed"].all() and df["error"].isna().all()
     after = trial_results(exp)
     assert len(after) == 6
@@ -188,7 +188,7 @@ def test_search__ctrl_c_stops_with_a_resume_hint_and_resume_finishes(ray_cluster
     assert parent.info.status == "KILLED"
     args = search.build_parser().parse_args(["--resume", "--name", "ctrlc", "--storage-path", str(tmp_path),
                                              "--verbose", "0"])
-    df = search.run(args)
+    df = search.run(args).df
     assert len(df) == 6 and df["completed"].all()
     assert c.get_run(parent.info.run_id).info.status == "FINISHED"
 

@@ -1,6 +1,4 @@
 """Helpers shared by the search and tracking tests."""
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -14,10 +12,8 @@ def run_search_cli(tmp_path, *argv):
     parser = search.build_parser()
     args = parser.parse_args([*TINY, "--storage-path", str(tmp_path), *argv])
     search.validate(args, parser)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        df = search.run(args)
-    return df, out.getvalue()
+    outcome = search.run(args)
+    return outcome.df, search.render(outcome)
 
 
 def trial_results(exp_dir: Path) -> dict[str, list[dict]]:

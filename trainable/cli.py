@@ -5,7 +5,7 @@ import argparse
 import logging
 from typing import Any
 
-from trainable.config import MIX_OPTIMS, MIX_STEPS, preset_for
+from trainable.config import MIX_OPTIMS, MIX_STEPS, SWITCHES, ConfigError, preset_for
 from trainable.datasets import BUNDLED, DATASETS
 from trainable.models import MODEL_CONFIGS
 
@@ -16,13 +16,13 @@ log = logging.getLogger(__name__)
 _FLAGS = {"datasets": "--dataset", "e_ssl": "--e-ssl (or --epochs)", "e_sl": "--e-sl (or --epochs)"}
 
 
-SWITCH = ("auto", "on", "off")
-
-
-def flag_for(error: ValueError) -> str:
-    """The flag behind a config ValueError ("alpha: must be ...") for a CLI message."""
-    field = str(error).split(":", 1)[0]
+def flag_for(field: str) -> str:
     return _FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def config_error_message(error: ConfigError) -> str:
+    """A config error as the command line says it: the flag behind the field, then the reason."""
+    return f"{flag_for(error.field)}: {error.reason}"
 
 
 def add_common_args(p: argparse.ArgumentParser, default_dataset: str = "digits") -> None:
@@ -46,9 +46,9 @@ def add_common_args(p: argparse.ArgumentParser, default_dataset: str = "digits")
                    help="optimiser settings of the mix phase (default sl: the SL warmup starts there)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g = p.add_argument_group("speed switches (auto: on with CUDA, off on the CPU)")
-    g.add_argument("--amp", default="auto", choices=SWITCH, help="bf16 autocast")
-    g.add_argument("--compile", default="auto", choices=SWITCH, help="torch.compile of the encoder")
-    g.add_argument("--fused-adamw", default="auto", choices=SWITCH, help="fused AdamW kernel")
+    g.add_argument("--amp", default="auto", choices=SWITCHES, help="bf16 autocast")
+    g.add_argument("--compile", default="auto", choices=SWITCHES, help="torch.compile of the encoder")
+    g.add_argument("--fused-adamw", default="auto", choices=SWITCHES, help="fused AdamW kernel")
     g.add_argument("--sdpa", default="on", choices=("on", "off"),
                    help="PyTorch's scaled-dot-product attention in every block; off: explicit softmax")
 

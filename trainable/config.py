@@ -6,53 +6,76 @@ parameters, and a checkpoint stores them as a plain dict.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
+
+import torch
 
 from trainable.datasets import DATASETS
-from trainable.models import MODEL_CONFIGS
+from trainable.models import MODEL_CONFIGS, ModelConfig
 from trainable.schedule import PhasePlan, phase_plan
 
 METHODS = ("sl", "ssl_sl", "mixtraining")
+SWITCHES = ("auto", "on", "off")
 MIX_STEPS = ("merged", "separate")
 MIX_OPTIMS = ("sl", "ssl")
 
 
+# What a field means for the rest of the system is declared on the field (`roles`); the sets the
+# code needs are derived from that (`fields_with`), so a new field cannot silently miss one.
+RUNTIME = "runtime"  # where and how the run happens: never changes what is computed (resume may change it)
+DATA = "data"  # selects the training data: its split, subset and on-device copy (the data cache key)
+SSL = "ssl"  # the SSL-only phase depends on it, so trials sharing it share SSL prefixes
+TRAIN = "train"  # changes only what is trained after the SSL-only phase (mix and SL phases)
+ROLES = (RUNTIME, DATA, SSL, TRAIN)
+
+
+def _field(default: Any, *roles: str) -> Any:
+    return dataclasses.field(default=default, metadata={"roles": frozenset(roles)})
+
+
 @dataclass(frozen=True)
 class MixConfig:
-    method: str = "mixtraining"  # sl (e_ssl forced to 0), ssl_sl (rho forced to 0) or mixtraining
-    datasets: tuple[str, ...] = ("digits",)  # SL datasets; several = multi-task, one head each
-    ssl_dataset: str | None = None  # None: SSL on the SL images, so D_mix = D_sl (Sec. 2.2.2)
-    data_dir: str = "data"
-    download: bool = False  # let torchvision download where the network allows
-    fraction: float = 1.0  # data limitation p: seeded stratified subset of the training pool
-    val_frac: float = 0.1  # held out of the training split for model selection (never the test split)
-    model: str = "auto"  # a name in MODEL_CONFIGS; auto: vit_tiny, vit_tiny_64 for TinyImageNet, tiny for bundled data
-    e_ssl: int = 100  # SSL epochs, mix epochs included (Table 6: 50, 75, 100)
-    e_sl: int = 100  # SL epochs, mix epochs included
-    alpha: float = 0.5  # Eq. (3) loss ratio: alpha * l_ssl + (1 - alpha) * l_sl
-    rho: float = 0.5  # Eq. (1) mix ratio
-    lam: float = 0.5  # Eq. (2) image mixing weight, used only when the SSL dataset differs
-    mask_ratio: float = 0.75  # MAE mask ratio (He et al.)
-    mix_step: str = "merged"  # merged: one encoder pass (Sec. 2.2.1, App. A.2); separate: MAE pass + SL pass
-    mix_optim: str = "sl"  # optimiser settings of the mix phase, see optim_settings()
-    batch_size: int = 256  # Table 7
+    # method enters the SSL-only phase only through the plan's SSL epochs (0 for sl), which the prefix
+    # key takes from the resolved plan: trials of ssl_sl and mixtraining share their SSL prefixes.
+    method: str = _field("mixtraining", TRAIN)  # sl (e_ssl forced to 0), ssl_sl (rho forced to 0) or mixtraining
+    datasets: tuple[str, ...] = _field(("digits",), DATA, SSL)  # SL datasets; several = multi-task, one head each
+    ssl_dataset: str | None = _field(None, DATA, SSL)  # None: SSL on the SL images, so D_mix = D_sl (Sec. 2.2.2)
+    data_dir: str = _field("data", RUNTIME, DATA)  # where dataset files live
+    download: bool = _field(False, RUNTIME)  # let torchvision download where the network allows
+    fraction: float = _field(1.0, DATA, SSL)  # data limitation p: seeded stratified subset of the training pool
+    val_frac: float = _field(0.1, DATA, SSL)  # held out of the training split for model selection (never the test split)
+    # a name in MODEL_CONFIGS; auto: vit_tiny, vit_tiny_64 for TinyImageNet, tiny for bundled data (its input size
+    # decides the images' size, hence DATA)
+    model: str = _field("auto", DATA, SSL)
+    e_ssl: int = _field(100, SSL)  # SSL epochs, mix epochs included (Table 6: 50, 75, 100)
+    e_sl: int = _field(100, TRAIN)  # SL epochs, mix epochs included
+    alpha: float = _field(0.5, TRAIN)  # Eq. (3) loss ratio: alpha * l_ssl + (1 - alpha) * l_sl
+    rho: float = _field(0.5, TRAIN)  # Eq. (1) mix ratio
+    lam: float = _field(0.5, TRAIN)  # Eq. (2) image mixing weight, used only when the SSL dataset differs
+    mask_ratio: float = _field(0.75, SSL)  # MAE mask ratio (He et al.)
+    mix_step: str = _field("merged", TRAIN)  # merged: one encoder pass (Sec. 2.2.1, App. A.2); separate: MAE + SL pass
+    mix_optim: str = _field("sl", TRAIN)  # optimiser settings of the mix phase, see optim_settings()
+    batch_size: int = _field(256, SSL)  # Table 7
     # Optimiser settings; None takes Table 7 (or the TinyImageNet overrides of App. A.3).
-    ssl_lr: float | None = None  # base LR, scaled by batch_size / 256 as in MAE
-    sl_lr: float | None = None
-    ssl_beta2: float | None = None
-    sl_beta2: float | None = None
-    ssl_weight_decay: float | None = None
-    sl_weight_decay: float | None = None
-    ssl_warmup: float = 0.2  # warmup as a fraction of the phase's epochs: Table 7's 20 of 100
-    sl_warmup: float = 0.05  # Table 7's 5 of 100
-    seed: int = 0
-    device: str = "auto"  # auto: cuda when available
-    # Speed switches (issue "Speed"); auto means on for CUDA, off on the CPU.
-    amp: str = "auto"  # bf16 autocast: auto | on | off
-    compile: str = "auto"  # torch.compile of the encoder: auto | on | off
-    fused_adamw: str = "auto"  # fused AdamW kernel: auto | on | off
-    sdpa: str = "on"  # PyTorch scaled-dot-product attention in every block (timm's fused_attn): on | off
+    ssl_lr: float | None = _field(None, SSL)  # base LR, scaled by batch_size / 256 as in MAE
+    sl_lr: float | None = _field(None, TRAIN)
+    ssl_beta2: float | None = _field(None, SSL)
+    sl_beta2: float | None = _field(None, TRAIN)
+    ssl_weight_decay: float | None = _field(None, SSL)
+    sl_weight_decay: float | None = _field(None, TRAIN)
+    ssl_warmup: float = _field(0.2, SSL)  # warmup as a fraction of the phase's epochs: Table 7's 20 of 100
+    sl_warmup: float = _field(0.05, TRAIN)  # Table 7's 5 of 100
+    seed: int = _field(0, DATA, SSL)  # data subset, initialisation, order, augmentation and masks
+    device: str = _field("auto", RUNTIME, DATA)  # auto: cuda when available; the data lives there
+    # Speed switches (issue "Speed"); auto means on for CUDA, off on the CPU. They change kernels, so
+    # results may differ in the last bits: trials share prefixes only with the same switches.
+    amp: str = _field("auto", SSL)  # bf16 autocast: auto | on | off
+    compile: str = _field("auto", SSL)  # torch.compile of the encoder: auto | on | off
+    fused_adamw: str = _field("auto", SSL)  # fused AdamW kernel: auto | on | off
+    sdpa: str = _field("on", SSL)  # PyTorch scaled-dot-product attention in every block (timm's fused_attn): on | off
 
     def __post_init__(self):
         if isinstance(self.datasets, (list, str)):
@@ -60,43 +83,42 @@ class MixConfig:
                                else tuple(self.datasets))
         _check_choice("method", self.method, METHODS)
         if not self.datasets:
-            raise ValueError("datasets: give at least one supervised dataset")
+            raise ConfigError("datasets", "give at least one supervised dataset")
         for d in self.datasets:
             _check_choice("datasets", d, DATASETS)
         if len(set(self.datasets)) != len(self.datasets):
-            raise ValueError(f"datasets: {self.datasets} names a dataset twice")
+            raise ConfigError("datasets", f"{self.datasets} names a dataset twice")
         if self.ssl_dataset is not None:
             _check_choice("ssl_dataset", self.ssl_dataset, DATASETS)
             if self.ssl_dataset in self.datasets and len(self.datasets) > 1:
-                raise ValueError(f"ssl_dataset: {self.ssl_dataset!r} is one of the supervised datasets; leave it "
-                                 f"out to run SSL on all of them, or name a dataset that is not supervised")
+                raise ConfigError("ssl_dataset", f"{self.ssl_dataset!r} is one of the supervised datasets; leave "
+                                  f"it out to run SSL on all of them, or name a dataset that is not supervised")
         _check_choice("model", self.model, ("auto", *MODEL_CONFIGS))
         _check_choice("mix_step", self.mix_step, MIX_STEPS)
         _check_choice("mix_optim", self.mix_optim, MIX_OPTIMS)
-        _check_choice("amp", self.amp, ("auto", "on", "off"))
-        _check_choice("compile", self.compile, ("auto", "on", "off"))
-        _check_choice("fused_adamw", self.fused_adamw, ("auto", "on", "off"))
+        for name in ("amp", "compile", "fused_adamw"):
+            _check_choice(name, getattr(self, name), SWITCHES)
         _check_choice("sdpa", self.sdpa, ("on", "off"))
-        for name in ("alpha", "rho", "lam"):
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        for name in ("alpha", "rho", "lam", "ssl_warmup", "sl_warmup"):
             _check_range(name, getattr(self, name), 0.0, 1.0)
         _check_range("fraction", self.fraction, 0.0, 1.0, low_open=True)
         _check_range("val_frac", self.val_frac, 0.0, 1.0, high_open=True)
         _check_range("mask_ratio", self.mask_ratio, 0.0, 1.0, low_open=True, high_open=True)
-        _check_range("ssl_warmup", self.ssl_warmup, 0.0, 1.0)
-        _check_range("sl_warmup", self.sl_warmup, 0.0, 1.0)
         for name in ("e_ssl", "e_sl", "seed"):
             _check_int(name, getattr(self, name), 0)
         _check_int("batch_size", self.batch_size, 1)
         if self.e_sl == 0:
-            raise ValueError("e_sl: must be at least 1 (the classifier must train), got 0")
+            raise ConfigError("e_sl", "must be at least 1 (the classifier must train), got 0")
         for name in ("ssl_lr", "sl_lr", "ssl_weight_decay", "sl_weight_decay"):
             v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and v >= 0):
-                raise ValueError(f"{name}: must be a non-negative number or None, got {v!r}")
+            if v is not None and not (_is_number(v) and math.isfinite(v) and v >= 0):
+                raise ConfigError(name, f"must be a finite non-negative number or None, got {v!r}")
         for name in ("ssl_beta2", "sl_beta2"):
-            v = getattr(self, name)
-            if v is not None:
-                _check_range(name, v, 0.0, 1.0, high_open=True)
+            if getattr(self, name) is not None:
+                _check_range(name, getattr(self, name), 0.0, 1.0, high_open=True)
 
     def replace(self, **changes) -> "MixConfig":
         return dataclasses.replace(self, **changes)
@@ -107,24 +129,71 @@ class MixConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MixConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> "MixConfig":
         unknown = set(d) - set(field_names())
         if unknown:
             raise ValueError(f"unknown config field(s) {sorted(unknown)}; known: {field_names()}")
         return cls(**d)
+
+    @classmethod
+    def from_trial(cls, config: Mapping[str, Any]) -> "MixConfig":
+        """A trial's config: config fields plus bookkeeping keys that start with '_' (ignored here)."""
+        return cls.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
+
+
+class ConfigError(ValueError):
+    """An invalid config value; `field` names the MixConfig field, so a CLI can name its flag."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
 
 
 def field_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(MixConfig))
 
 
+def field_roles(cls: type = MixConfig) -> dict[str, frozenset[str]]:
+    """Each field's roles; raises when a field has none, an unknown one, or data without SSL.
+
+    A field that selects the data (and is not a runtime detail) also shapes the SSL-only phase,
+    so it must carry both roles, or trials on different data would share SSL prefixes.
+    """
+    roles = {f.name: f.metadata.get("roles", frozenset()) for f in dataclasses.fields(cls)}
+    for name, r in roles.items():
+        if not r or not r <= set(ROLES):
+            raise TypeError(f"config field {name!r} has roles {sorted(r)}; declare them with _field(default, "
+                            f"*roles), roles from {ROLES}")
+        if DATA in r and RUNTIME not in r and SSL not in r:
+            raise TypeError(f"config field {name!r} selects the data, so the SSL-only phase depends on it: "
+                            f"give it the role SSL too")
+    return roles
+
+
+_ROLES = field_roles()
+
+
+def fields_with(role: str) -> tuple[str, ...]:
+    """The fields carrying `role`, in declaration order."""
+    return tuple(name for name, r in _ROLES.items() if role in r)
+
+
+def trajectory_fields() -> tuple[str, ...]:
+    """The fields that change what is trained: a checkpoint resumes only under equal values."""
+    return tuple(name for name, r in _ROLES.items() if RUNTIME not in r)
+
+
+def method_plan(method: str, e_ssl: int, e_sl: int, rho: float) -> PhasePlan:
+    """The phase plan of a method: the baselines are the same plan with e_ssl = 0 (SL) or rho = 0 (SSL+SL)."""
+    if method == "sl":
+        return phase_plan(0, e_sl, 0.0)
+    if method == "ssl_sl":
+        return phase_plan(e_ssl, e_sl, 0.0)
+    return phase_plan(e_ssl, e_sl, rho)
+
+
 def plan(cfg: MixConfig) -> PhasePlan:
-    """The phase plan of a config: the baselines are the same plan with e_ssl = 0 or rho = 0."""
-    if cfg.method == "sl":
-        return phase_plan(0, cfg.e_sl, 0.0)
-    if cfg.method == "ssl_sl":
-        return phase_plan(cfg.e_ssl, cfg.e_sl, 0.0)
-    return phase_plan(cfg.e_ssl, cfg.e_sl, cfg.rho)
+    return method_plan(cfg.method, cfg.e_ssl, cfg.e_sl, cfg.rho)
 
 
 def model_name(cfg: MixConfig) -> str:
@@ -186,20 +255,68 @@ def optim_settings(cfg: MixConfig, kind: str) -> OptimSettings:
     return OptimSettings(lr * cfg.batch_size / 256, (0.9, beta2), wd, warmup * epochs, epochs)
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A config with every derived value made once, here: what the engine, the data cache, the
+    prefix store and the Trainable read instead of going back to the raw config."""
+    cfg: MixConfig
+    plan: PhasePlan
+    model: str  # the model's name ("auto" resolved)
+    model_cfg: ModelConfig
+    device: torch.device
+    ssl_optim: OptimSettings
+    sl_optim: OptimSettings
+    amp: bool  # the speed switches for this device
+    compile: bool
+    fused_adamw: bool
+    sdpa: bool
+
+    def optim(self, kind: str) -> OptimSettings:
+        return self.ssl_optim if kind == "ssl" else self.sl_optim
+
+    def values(self, role: str) -> dict[str, Any]:
+        """The fields with `role`, resolved: the model's name, the device, an absolute data folder,
+        and the SSL epochs the plan actually trains (0 for SL)."""
+        resolved = {"model": self.model, "device": str(self.device), "data_dir": os.path.abspath(self.cfg.data_dir),
+                    "e_ssl": self.plan.ssl + self.plan.mix}
+        return {name: resolved.get(name, getattr(self.cfg, name)) for name in fields_with(role)}
+
+
+def resolve(cfg: MixConfig) -> Resolved:
+    device = resolve_device(cfg.device)
+    cuda = device.type == "cuda"
+    on = lambda switch: switch == "on" or (switch == "auto" and cuda)  # noqa: E731
+    name = model_name(cfg)
+    return Resolved(cfg, plan(cfg), name, MODEL_CONFIGS[name], device, optim_settings(cfg, "ssl"),
+                    optim_settings(cfg, "sl"), on(cfg.amp), on(cfg.compile), on(cfg.fused_adamw), cfg.sdpa == "on")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+        raise ConfigError(name, f"{value!r} is not one of {', '.join(map(str, choices))}")
 
 
 def _check_range(name: str, value, low: float, high: float, low_open=False, high_open=False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = _is_number(value)
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
         lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name}: must be in {lo}{low:g}, {high:g}{hi}, got {value!r}")
+        raise ConfigError(name, f"must be in {lo}{low:g}, {high:g}{hi}, got {value!r}")
 
 
 def _check_int(name: str, value, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
+        raise ConfigError(name, f"must be an integer >= {low}, got {value!r}")

@@ -107,6 +107,51 @@ class TrainingData:
     ssl_flip: bool
     ssl_is_sl: bool  # True when D_ssl is the SL images, so D_mix = D_sl (Sec. 2.2.2)
 
+    @property
+    def device(self) -> torch.device:
+        return self.ssl_images.device
+
+    @property
+    def pad(self) -> int:
+        return self.ssl_images.shape[-1] // 8  # App. A.3: 4-pixel padding at 32x32
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held on the device (images and labels), shared SSL images counted once."""
+        tensors = {id(t): t for task in self.tasks for s in (task.train, task.val, task.test)
+                   for t in (s.images, s.labels)}
+        tensors.setdefault(id(self.ssl_images), self.ssl_images)
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
+    # --- an epoch's batches: index tensors on the device ---
+    def ssl_batches(self, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+        n = len(self.ssl_images)
+        b = min(batch_size, n)
+        return epoch_batches(n, b, math.ceil(n / b), gen, self.device)
+
+    def sl_batches(self, batch_size: int, gen: torch.Generator) -> list[list[torch.Tensor]]:
+        """Per step, one index batch per task; an epoch is one pass over the largest task."""
+        sizes = [min(math.ceil(batch_size / len(self.tasks)), len(t.train.labels)) for t in self.tasks]
+        steps = max(math.ceil(len(t.train.labels) / b) for t, b in zip(self.tasks, sizes))
+        per_task = [epoch_batches(len(t.train.labels), b, steps, gen, self.device)
+                    for t, b in zip(self.tasks, sizes)]
+        return [list(step) for step in zip(*per_task)]
+
+    # --- a batch's model input: augmented and normalised ---
+    def ssl_input(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """(B, 3, S, S) float images of D_ssl."""
+        return normalize(augment(self.ssl_images[idx], self.pad, self.ssl_flip, gen))
+
+    def sl_input(self, idxs: list[torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The tasks' images concatenated in task order (B, 3, S, S), and one label tensor per task."""
+        xs = [normalize(augment(t.train.images[idx], self.pad, t.flip, gen)) for t, idx in zip(self.tasks, idxs)]
+        return torch.cat(xs), [t.train.labels[idx] for t, idx in zip(self.tasks, idxs)]
+
+    def mix_images(self, x_sl: torch.Tensor, lam: float, gen: torch.Generator) -> torch.Tensor:
+        # Eq. (2): x_mix = lam * x_sl + (1 - lam) * x_ssl, a random x_ssl for every sample.
+        idx = torch.randint(0, len(self.ssl_images), (x_sl.shape[0],), generator=gen, device=self.device)
+        return lam * x_sl + (1 - lam) * self.ssl_input(idx, gen)
+
 
 def build_training_data(sets: Sequence[ImageSet], ssl_set: ImageSet | None, fraction: float,
                         val_frac: float, seed: int, img_size: int, device: torch.device) -> TrainingData:

@@ -10,24 +10,19 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
 from timm.optim import param_groups_weight_decay
 
 from trainable import datasets
-from trainable.config import MixConfig, model_name, optim_settings, plan
-from trainable.data import (TrainingData, augment, build_training_data, epoch_batches, generator,
-                            normalize, stream_seed)
+from trainable.config import MixConfig, Resolved, resolve, trajectory_fields
+from trainable.data import TrainingData, build_training_data, generator, normalize, stream_seed
 from trainable.losses import mae_loss, mixed_loss, sl_loss
-from trainable.models import MODEL_CONFIGS, MixViT, select_tokens
+from trainable.models import MixViT, select_tokens
 from trainable.schedule import MIX, SL, SSL, lr_at
 
 log = logging.getLogger(__name__)
-
-# Keys of the config that do not change what is trained (where data lives, how to fetch it).
-_NON_TRAJECTORY_FIELDS = ("data_dir", "download", "device")
-
 
 # Besides biases and norms (1-D): learned position embeddings and tokens, as timm's ViT.no_weight_decay().
 NO_WEIGHT_DECAY = ("encoder.pos_embed", "encoder.cls_token", "decoder_pos_embed", "mask_token")
@@ -37,9 +32,15 @@ class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; training cannot continue meaningfully."""
 
 
-# --- step functions: each returns the loss to back-propagate and detached parts ---------------
+# --- step functions -------------------------------------------------------------------------------
 
-def ssl_step(model: MixViT, x: torch.Tensor, mask_ratio: float, gen: torch.Generator):
+class StepResult(NamedTuple):
+    loss: torch.Tensor  # to back-propagate
+    parts: dict[str, torch.Tensor]  # detached losses to report (loss_ssl, loss_sl)
+    compute: int  # tokens x transformer blocks of the step's passes: the deterministic compute count
+
+
+def ssl_step(model: MixViT, x: torch.Tensor, mask_ratio: float, gen: torch.Generator) -> StepResult:
     """Vanilla MAE: the encoder sees only the visible (1 - mask_ratio) of the patches.
 
     x: (B, C, H, W) normalised images.
@@ -49,18 +50,18 @@ def ssl_step(model: MixViT, x: torch.Tensor, mask_ratio: float, gen: torch.Gener
     tokens = model.forward_encoder(x, ids_keep)
     pred = model.forward_decoder(tokens, ids_restore)
     loss = mae_loss(pred, model.patchify(x), mask)
-    return loss, {"loss_ssl": loss.detach()}, _block_tokens(model, tokens, ids_restore)
+    return StepResult(loss, {"loss_ssl": loss.detach()}, _block_tokens(model, tokens, ids_restore))
 
 
-def sl_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor]):
+def sl_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor]) -> StepResult:
     """Supervised step on all tokens. x: (B, C, H, W); labels: one (B_t,) tensor per task, in batch order."""
     tokens = model.forward_encoder(x)
     loss = sl_loss(model.forward_heads(tokens, [len(y) for y in labels]), labels)
-    return loss, {"loss_sl": loss.detach()}, tokens.shape[0] * tokens.shape[1] * model.cfg.depth
+    return StepResult(loss, {"loss_sl": loss.detach()}, tokens.shape[0] * tokens.shape[1] * model.cfg.depth)
 
 
 def mix_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor], alpha: float,
-             mask_ratio: float, gen: torch.Generator):
+             mask_ratio: float, gen: torch.Generator) -> StepResult:
     """Merged mix step (Sec. 2.2.1, App. A.2): ONE encoder pass over all tokens.
 
     The heads read the full features; a random (1 - mask_ratio) of the encoder's output patch
@@ -73,15 +74,16 @@ def mix_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor], alpha: 
     pred = model.forward_decoder(select_tokens(tokens, ids_keep), ids_restore)
     l_ssl = mae_loss(pred, model.patchify(x), mask)
     parts = {"loss_ssl": l_ssl.detach(), "loss_sl": l_sl.detach()}
-    return mixed_loss(l_ssl, l_sl, alpha), parts, _block_tokens(model, tokens, ids_restore)
+    return StepResult(mixed_loss(l_ssl, l_sl, alpha), parts, _block_tokens(model, tokens, ids_restore))
 
 
 def separate_mix_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor], alpha: float,
-                      mask_ratio: float, gen: torch.Generator):
+                      mask_ratio: float, gen: torch.Generator) -> StepResult:
     """Ablation of the merge: a true MAE pass and an SL pass on the same batch, same weighting."""
     l_ssl, _, c_ssl = ssl_step(model, x, mask_ratio, gen)
     l_sl, _, c_sl = sl_step(model, x, labels)
-    return mixed_loss(l_ssl, l_sl, alpha), {"loss_ssl": l_ssl.detach(), "loss_sl": l_sl.detach()}, c_ssl + c_sl
+    parts = {"loss_ssl": l_ssl.detach(), "loss_sl": l_sl.detach()}
+    return StepResult(mixed_loss(l_ssl, l_sl, alpha), parts, c_ssl + c_sl)
 
 
 def _block_tokens(model: MixViT, encoded: torch.Tensor, ids_restore: torch.Tensor) -> int:
@@ -90,20 +92,34 @@ def _block_tokens(model: MixViT, encoded: torch.Tensor, ids_restore: torch.Tenso
     return b * encoded.shape[1] * model.cfg.depth + b * (n + 1) * model.cfg.decoder_depth
 
 
+def phase_step(phase: str, model: MixViT, data: TrainingData, cfg: MixConfig) -> Callable[[Any, torch.Generator],
+                                                                                         StepResult]:
+    """The step of a phase as a function of (index batch, generator): input preparation and step."""
+    if phase == SSL:
+        return lambda idx, gen: ssl_step(model, data.ssl_input(idx, gen), cfg.mask_ratio, gen)
+    if phase == SL:
+        return lambda idxs, gen: sl_step(model, *data.sl_input(idxs, gen))
+    step = mix_step if cfg.mix_step == "merged" else separate_mix_step
+
+    def mix(idxs: list[torch.Tensor], gen: torch.Generator) -> StepResult:
+        x, ys = data.sl_input(idxs, gen)
+        if not data.ssl_is_sl:
+            x = data.mix_images(x, cfg.lam, gen)
+        return step(model, x, ys, cfg.alpha, cfg.mask_ratio, gen)
+    return mix
+
+
+def batch_images(batch: torch.Tensor | list[torch.Tensor]) -> int:
+    return len(batch) if isinstance(batch, torch.Tensor) else sum(len(b) for b in batch)
+
+
 # --- the engine ---------------------------------------------------------------------------------
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-    return torch.device(name)
-
-
-def load_training_data(cfg: MixConfig, device: torch.device,
-                       loaded: Mapping[str, datasets.ImageSet] | None = None) -> TrainingData:
-    """The config's training data on `device`: its datasets taken from `loaded` (by name) where
+def load_training_data(run: Resolved, loaded: Mapping[str, datasets.ImageSet] | None = None) -> TrainingData:
+    """The run's training data on its device: its datasets taken from `loaded` (by name) where
     given, else read from disk (or the bundled ones), then split and subset for this config."""
+    cfg = run.cfg
+
     def get(name: str) -> datasets.ImageSet:
         if loaded and name in loaded:
             return loaded[name]
@@ -113,37 +129,24 @@ def load_training_data(cfg: MixConfig, device: torch.device,
     ssl_set = None
     if cfg.ssl_dataset is not None and cfg.ssl_dataset not in cfg.datasets:
         ssl_set = get(cfg.ssl_dataset)
-    img_size = MODEL_CONFIGS[model_name(cfg)].img_size
-    return build_training_data(sets, ssl_set, cfg.fraction, cfg.val_frac, cfg.seed, img_size, device)
+    return build_training_data(sets, ssl_set, cfg.fraction, cfg.val_frac, cfg.seed, run.model_cfg.img_size,
+                               run.device)
 
 
 class Engine:
-    """Trains one configuration, one epoch per `run_epoch()` call."""
+    """Trains one configuration, one epoch per `run_epoch()` call.
 
-    def __init__(self, cfg: MixConfig, data: TrainingData | None = None):
-        self.cfg = cfg
-        self.plan = plan(cfg)
-        self.device = resolve_device(cfg.device)
-        self.model_cfg = MODEL_CONFIGS[model_name(cfg)]
-        self.data = data if data is not None else load_training_data(cfg, self.device)
-        cuda = self.device.type == "cuda"
-        if cuda:  # TF32 for what stays fp32 (everything, with amp off), as nanoGPT and timm's train.py
+    run: the config, or the config already resolved (`trainable.config.resolve`).
+    """
+
+    def __init__(self, run: MixConfig | Resolved, data: TrainingData | None = None):
+        self.run = run if isinstance(run, Resolved) else resolve(run)
+        self.data = data if data is not None else load_training_data(self.run)
+        if self.device.type == "cuda":  # TF32 for what stays fp32 (everything, with amp off), as nanoGPT
             torch.set_float32_matmul_precision("high")
-        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and cuda)
-        # Encoder/decoder init draws from its own seed and the heads from another, so the
-        # SSL-only phase does not depend on the SL task (its number of classes).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(stream_seed(cfg.seed, "init", 0))
-            self.model = MixViT(self.model_cfg, [t.num_classes for t in self.data.tasks])
-            torch.manual_seed(stream_seed(cfg.seed, "heads", 0))
-            self.model.reset_heads([t.num_classes for t in self.data.tasks])
-        for m in self.model.modules():  # timm's Attention picks SDPA or the explicit softmax per module
-            if hasattr(m, "fused_attn"):
-                m.fused_attn = cfg.sdpa == "on"
-        self.model.to(self.device)
-        self.fused_adamw = cfg.fused_adamw == "on" or (cfg.fused_adamw == "auto" and cuda)
+        self.model = self._build_model()
         self._encoder_fwd = self.model.forward_encoder
-        if cfg.compile == "on" or (cfg.compile == "auto" and cuda):
+        if self.run.compile:
             # Compiling the bound method keeps state_dict keys unchanged; full batches keep shapes static.
             self.model.forward_encoder = torch.compile(self.model.forward_encoder)
         self.epoch = 0  # epochs completed
@@ -153,6 +156,37 @@ class Engine:
         self.compute = 0  # block-token passes so far
         self.prefix_epochs = 0  # SSL-only epochs taken from a shared prefix instead of trained
         self.prefix_time_s = 0.0  # their training time, as measured when they were computed
+
+    def _build_model(self) -> MixViT:
+        classes = [t.num_classes for t in self.data.tasks]
+        # Encoder/decoder init draws from its own seed and the heads from another, so the
+        # SSL-only phase does not depend on the SL task (its number of classes).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stream_seed(self.cfg.seed, "init", 0))
+            model = MixViT(self.run.model_cfg, classes)
+            torch.manual_seed(stream_seed(self.cfg.seed, "heads", 0))
+            model.reset_heads(classes)
+        for m in model.modules():  # timm's Attention picks SDPA or the explicit softmax per module
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = self.run.sdpa
+        return model.to(self.device)
+
+    # --- what the run resolved once ---
+    @property
+    def cfg(self) -> MixConfig:
+        return self.run.cfg
+
+    @property
+    def plan(self):
+        return self.run.plan
+
+    @property
+    def device(self) -> torch.device:
+        return self.run.device
+
+    @property
+    def model_cfg(self):
+        return self.run.model_cfg
 
     @property
     def done(self) -> bool:
@@ -170,101 +204,72 @@ class Engine:
         """
         if kind == self.opt_kind:
             return
-        s = optim_settings(self.cfg, kind)
+        s = self.run.optim(kind)
         groups = param_groups_weight_decay(self.model, s.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
-        self.optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, fused=self.fused_adamw)
+        self.optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, fused=self.run.fused_adamw)
         self.opt_kind = kind
 
-    def lr_schedule(self, kind: str):
+    def lr_schedule(self, kind: str) -> Callable[[float], float]:
         """epoch (0-based, fractional) -> LR of the SSL or SL schedule."""
-        s = optim_settings(self.cfg, kind)
+        s = self.run.optim(kind)
         # The SSL schedule starts at epoch 0; the SL schedule at the start of the mix phase.
         start = 0 if kind == "ssl" else self.plan.ssl
         return lambda epoch: lr_at(epoch - start, s.lr, s.warmup_epochs, s.total_epochs)
 
-    # --- batches ---
-    def _ssl_batches(self, gen: torch.Generator) -> list[torch.Tensor]:
-        n = len(self.data.ssl_images)
-        b = min(self.cfg.batch_size, n)
-        return epoch_batches(n, b, math.ceil(n / b), gen, self.device)
-
-    def _sl_batches(self, gen: torch.Generator) -> list[list[torch.Tensor]]:
-        """Per step, one index batch per task; an epoch is one pass over the largest task."""
-        tasks = self.data.tasks
-        sizes = [min(math.ceil(self.cfg.batch_size / len(tasks)), len(t.train.labels)) for t in tasks]
-        steps = max(math.ceil(len(t.train.labels) / b) for t, b in zip(tasks, sizes))
-        per_task = [epoch_batches(len(t.train.labels), b, steps, gen, self.device) for t, b in zip(tasks, sizes)]
-        return [list(step) for step in zip(*per_task)]
-
-    def _ssl_input(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = self.data.ssl_images[idx]
-        return normalize(augment(x, self._pad(), self.data.ssl_flip, gen))
-
-    def _sl_input(self, idxs: list[torch.Tensor], gen: torch.Generator):
-        xs, ys = [], []
-        for t, idx in zip(self.data.tasks, idxs):
-            xs.append(normalize(augment(t.train.images[idx], self._pad(), t.flip, gen)))
-            ys.append(t.train.labels[idx])
-        return torch.cat(xs), ys
-
-    def _pad(self) -> int:
-        return self.model_cfg.img_size // 8  # App. A.3: 4-pixel padding at 32x32
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.run.amp else nullcontext()
 
     # --- the epoch loop ---
     def run_epoch(self) -> dict[str, Any]:
         if self.done:
             raise RuntimeError(f"all {self.plan.total} epochs of the plan are done")
-        e, cfg = self.epoch, self.cfg
+        e = self.epoch
         phase = self.plan.phase_at(e)
         kind = self._opt_kind(phase)
         self._ensure_optimizer(kind)
-        gen_order = generator(stream_seed(cfg.seed, phase, e))
-        gen_aug = generator(stream_seed(cfg.seed, phase + "/aug", e), self.device)
-        batches = self._ssl_batches(gen_order) if phase == SSL else self._sl_batches(gen_order)
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext())
+        gen_order = generator(stream_seed(self.cfg.seed, phase, e))
+        gen_aug = generator(stream_seed(self.cfg.seed, phase + "/aug", e), self.device)
+        batches = (self.data.ssl_batches(self.cfg.batch_size, gen_order) if phase == SSL
+                   else self.data.sl_batches(self.cfg.batch_size, gen_order))
+        step, lr_of = phase_step(phase, self.model, self.data, self.cfg), self.lr_schedule(kind)
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         images, compute = 0, 0
         self._sync()
         t0 = time.perf_counter()
-        lr_of = self.lr_schedule(kind)
         for i, batch in enumerate(batches):
             lr = lr_of(e + i / len(batches))
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
-            with autocast:
-                if phase == SSL:
-                    x = self._ssl_input(batch, gen_aug)
-                    loss, parts, c = ssl_step(self.model, x, cfg.mask_ratio, gen_aug)
-                else:
-                    x, ys = self._sl_input(batch, gen_aug)
-                    if phase == SL:
-                        loss, parts, c = sl_step(self.model, x, ys)
-                    else:
-                        if not self.data.ssl_is_sl:
-                            x = self._mix_images(x, gen_aug)
-                        step = mix_step if cfg.mix_step == "merged" else separate_mix_step
-                        loss, parts, c = step(self.model, x, ys, cfg.alpha, cfg.mask_ratio, gen_aug)
+            with self._autocast():
+                out = step(batch, gen_aug)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            out.loss.backward()
             self.optimizer.step()
-            for k, v in parts.items():
+            for k, v in out.parts.items():
                 sums[k] = sums.get(k, 0) + v.float()
-            images += x.shape[0]
-            compute += c
+            images += batch_images(batch)
+            compute += out.compute
         self._sync()
         wall = time.perf_counter() - t0
         means = {k: (v / len(batches)).item() for k, v in sums.items()}
-        if not all(math.isfinite(v) for v in means.values()):
+        self._check_finite(means, phase, lr)
+        return self._finish_epoch(phase, means, lr, wall, images, compute)
+
+    def _check_finite(self, losses: dict[str, float], phase: str, lr: float) -> None:
+        if not all(math.isfinite(v) for v in losses.values()):
             raise NonFiniteLossError(
-                f"non-finite loss in epoch {e + 1} ({phase} phase): "
-                + ", ".join(f"{k}={v}" for k, v in means.items())
+                f"non-finite loss in epoch {self.epoch + 1} ({phase} phase): "
+                + ", ".join(f"{k}={v}" for k, v in losses.items())
                 + f". The learning rate was {lr:.3g}; lower it (ssl_lr / sl_lr) or check the data.")
+
+    def _finish_epoch(self, phase: str, losses: dict[str, float], lr: float, wall: float, images: int,
+                      compute: int) -> dict[str, Any]:
         self.epoch += 1
         self.train_time_s += wall
         self.compute += compute
         metrics: dict[str, Any] = {
-            "epoch": self.epoch, "phase": phase, **means, "lr": lr,
+            "epoch": self.epoch, "phase": phase, **losses, "lr": lr,
             "epoch_time_s": wall, "train_time_s": self.train_time_s,
             "images_per_s": images / wall, "compute_gtok": self.compute / 1e9,
             "sl_epochs": self.plan.sl_epochs_before(self.epoch), "done": self.done,
@@ -272,13 +277,6 @@ class Engine:
         if phase != SSL:  # validation accuracy means something only once the classifier trained
             metrics.update({f"val_{k}": v for k, v in self.evaluate("val").items()})
         return metrics
-
-    def _mix_images(self, x_sl: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        # Eq. (2): x_mix = lam * x_sl + (1 - lam) * x_ssl, a random x_ssl for every sample.
-        n = len(self.data.ssl_images)
-        idx = torch.randint(0, n, (x_sl.shape[0],), generator=gen, device=self.device)
-        x_ssl = normalize(augment(self.data.ssl_images[idx], self._pad(), self.data.ssl_flip, gen))
-        return self.cfg.lam * x_sl + (1 - self.cfg.lam) * x_ssl
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -291,7 +289,6 @@ class Engine:
         if split not in ("val", "test"):
             raise ValueError(f"split: expected 'val' or 'test', got {split!r}")
         self.model.eval()
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext())
         out = {}
         for t, head in zip(self.data.tasks, self.model.heads):
             s = getattr(t, split)
@@ -299,7 +296,7 @@ class Engine:
                 continue
             correct = torch.zeros((), device=self.device)
             for i in range(0, len(s.labels), batch_size):
-                with autocast:
+                with self._autocast():
                     tokens = self._encoder_fwd(normalize(s.images[i:i + batch_size]))
                     correct += (head(tokens[:, 0]).argmax(-1) == s.labels[i:i + batch_size]).sum()
             out[f"acc/{t.name}"] = correct.item() / len(s.labels)
@@ -359,7 +356,7 @@ class Engine:
                         mutable: tuple[str, ...] = ()) -> None:
         """mutable: config fields the checkpoint may differ in (PBT perturbs alpha and lam)."""
         mine, theirs = self.cfg.to_dict(), dict(state["config"])
-        diff = sorted(k for k in mine if k not in (*_NON_TRAJECTORY_FIELDS, *mutable) and mine[k] != theirs.get(k))
+        diff = sorted(k for k in trajectory_fields() if k not in mutable and mine[k] != theirs.get(k))
         if diff and check_config:
             raise ValueError(f"checkpoint was trained with a different config: fields {diff} differ")
         self.model.load_state_dict(state["model"])

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from trainable.cli import add_common_args, common_config, flag_for
-from trainable.config import METHODS, MixConfig, plan
+from trainable.cli import add_common_args, common_config, config_error_message
+from trainable.config import METHODS, ConfigError, MixConfig, resolve
 from trainable.datasets import MissingDataError
 from trainable.engine import Engine, NonFiniteLossError
 
@@ -66,14 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                         e_sl=args.e_sl if args.e_sl is not None else args.epochs, alpha=args.alpha,
                         rho=args.rho, lam=args.lam, seed=args.seed, fraction=args.fraction,
                         **common_config(args))
-    except ValueError as e:
-        parser.error(f"{flag_for(e)}: {str(e).split(': ', 1)[-1]}")
+    except ConfigError as e:
+        parser.error(config_error_message(e))
     try:
-        engine = Engine(cfg)
+        engine = Engine(resolve(cfg))
     except (MissingDataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    p = plan(cfg)
+    p = engine.plan
     if args.checkpoint and args.checkpoint.exists():
         engine.load_state_dict(torch.load(args.checkpoint, weights_only=True, map_location=engine.device))
         log.info("resumed from %s after epoch %d", args.checkpoint, engine.epoch)

@@ -2,50 +2,63 @@
 
 The trial config (over the search's shared `base`) is a dict of `MixConfig` fields plus
 bookkeeping keys that start with an underscore (ignored by the engine). Checkpoints hold the
-engine's full state and load with
-`torch.load(..., weights_only=True)`.
+engine's full state and load with `torch.load(..., weights_only=True)`.
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
+from collections import OrderedDict
 from typing import Any
 
 import torch
 from ray import tune
 
-from trainable.config import MixConfig, model_name
+from trainable.config import DATA, MixConfig, Resolved, resolve
+from trainable.data import TrainingData
 from trainable.datasets import ImageSet
-from trainable.engine import Engine, load_training_data, resolve_device
-from trainable.models import MODEL_CONFIGS
+from trainable.engine import Engine, load_training_data
 from trainable.prefix_store import PrefixStore, prefix_key
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "engine.pt"
 RECONSTRUCTION_FILE = "reconstruction.pt"
 PBT_MUTABLE = ("alpha", "lam")  # the fields population-based training may change during a trial
-
-# Training data by everything that determines it, so a reused actor (and the sibling trials it
-# runs) splits each dataset and moves it to its device once per worker process. The decoded
-# datasets themselves come from the search's driver through Ray's object store (`loaded`).
-_DATA_CACHE: dict[tuple, Any] = {}
-_DATA_CACHE_MAX = 4
+CPU_DATA_CACHE_BYTES = 4 * 2**30
+GPU_DATA_CACHE_SHARE = 0.25  # of the GPU memory this trial's share (--gpus-per-trial) of the device holds
 
 
-def engine_config(config: dict[str, Any]) -> MixConfig:
-    return MixConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
+class DataCache:
+    """Training data by everything that determines it (the DATA-role fields), so a reused actor
+    (and the sibling trials it runs) splits each dataset and moves it to its device once per worker
+    process. Bounded in bytes, least recently used first out; an evicted entry is rebuilt when
+    needed again. The decoded datasets themselves come from the search's driver through Ray's
+    object store (`loaded`)."""
+
+    def __init__(self):
+        self.entries: OrderedDict[str, TrainingData] = OrderedDict()
+
+    def get(self, run: Resolved, loaded: dict[str, ImageSet] | None, max_bytes: int) -> TrainingData:
+        key = json.dumps(run.values(DATA), sort_keys=True, default=list)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        self.entries[key] = data = load_training_data(run, loaded)
+        while len(self.entries) > 1 and sum(d.nbytes for d in self.entries.values()) > max_bytes:
+            self.entries.popitem(last=False)  # never the entry just made, however large
+        return data
 
 
-def _data_key(cfg: MixConfig) -> tuple:
-    return (cfg.datasets, cfg.ssl_dataset, os.path.abspath(cfg.data_dir), cfg.fraction, cfg.val_frac,
-            cfg.seed, MODEL_CONFIGS[model_name(cfg)].img_size, str(resolve_device(cfg.device)))
+_DATA_CACHE = DataCache()
 
 
-def shared_training_data(cfg: MixConfig, loaded: dict[str, ImageSet] | None = None):
-    key = _data_key(cfg)
-    if key not in _DATA_CACHE:
-        while len(_DATA_CACHE) >= _DATA_CACHE_MAX:
-            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
-        _DATA_CACHE[key] = load_training_data(cfg, resolve_device(cfg.device), loaded)
-    return _DATA_CACHE[key]
+def data_cache_bytes(device: torch.device, gpu_share: float) -> int:
+    if device.type != "cuda":
+        return CPU_DATA_CACHE_BYTES
+    total = torch.cuda.get_device_properties(device).total_memory
+    return int(GPU_DATA_CACHE_SHARE * total * min(1.0, gpu_share or 1.0))
 
 
 class MixTrainable(tune.Trainable):
@@ -59,27 +72,29 @@ class MixTrainable(tune.Trainable):
         full = {**(base or {}), **config}
         if full.get("_threads"):
             torch.set_num_threads(int(full["_threads"]))
-        self.cfg = engine_config(full)
+        self.run = resolve(MixConfig.from_trial(full))
         self.mutable = PBT_MUTABLE if full.get("_pbt") else ()
-        self.engine = Engine(self.cfg, data=shared_training_data(self.cfg, loaded))
+        budget = data_cache_bytes(self.run.device, float(full.get("_gpu_share", 0)))
+        self.engine = Engine(self.run, data=_DATA_CACHE.get(self.run, loaded, budget))
         # SSL-prefix sharing (switched on by the search with `_prefix_store`): start from the
         # longest stored prefix this trial's SSL-only phase can use.
         self.store = None
-        if full.get("_prefix_store") and self.engine.plan.ssl > 0:
+        if full.get("_prefix_store") and self.run.plan.ssl > 0:
             self.store = PrefixStore(full["_prefix_store"], int(full.get("_prefix_max_bytes", 20 * 2**30)))
-            self.prefix_key = prefix_key(self.cfg, self.engine.device.type)
-            self.prefix_every = max(1, self.cfg.e_ssl // 4)
-            k = self.store.longest(self.prefix_key, self.engine.plan.ssl)
-            if k:
-                self.engine.load_ssl_prefix(self.store.load(self.prefix_key, k, self.engine.device))
+            self.prefix_key = prefix_key(self.run, self.run.device.type)
+            self.prefix_every = max(1, self.run.cfg.e_ssl // 4)
+            state = self.store.load_longest(self.prefix_key, self.run.plan.ssl, self.run.device)
+            if state is not None:
+                self.engine.load_ssl_prefix(state)
 
     def step(self) -> dict[str, Any]:
         m = self.engine.run_epoch()
-        e, p = self.engine.epoch, self.engine.plan
+        e, p = self.engine.epoch, self.run.plan
         if self.store and m["phase"] == "ssl" and (e % self.prefix_every == 0 or e == p.ssl):
             # Store at a stride (the SSL-only ends of other rho values) and at this trial's own end.
             self.store.save(self.prefix_key, e, self.engine.state_dict())
-        m["alpha"], m["lam"] = self.cfg.alpha, self.cfg.lam  # metrics too: PBT changes them during a trial
+        cfg = self.run.cfg
+        m["alpha"], m["lam"] = cfg.alpha, cfg.lam  # metrics too: PBT changes them during a trial
         m["ssl_epochs_reused"] = self.engine.prefix_epochs
         m["ssl_time_reused_s"] = self.engine.prefix_time_s
         # Tune wants the metric in every result. Before the classifier has trained there is no
@@ -97,7 +112,7 @@ class MixTrainable(tune.Trainable):
         tmp = os.path.join(checkpoint_dir, CHECKPOINT_FILE + ".tmp")
         torch.save(self.engine.state_dict(), tmp)
         os.replace(tmp, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
-        p = self.engine.plan
+        p = self.run.plan
         if self.engine.done and p.ssl + p.mix > 0:
             # Fig. 4 material for the tracker: original, masked and reconstructed test images.
             orig, masked, recon = self.engine.reconstruct(8)
@@ -106,7 +121,7 @@ class MixTrainable(tune.Trainable):
 
     def load_checkpoint(self, checkpoint: str) -> None:
         state = torch.load(os.path.join(checkpoint, CHECKPOINT_FILE), weights_only=True,
-                           map_location=self.engine.device)
+                           map_location=self.run.device)
         # Under PBT a checkpoint may come from a population member with another alpha / lam.
         self.engine.load_state_dict(state, mutable=self.mutable)
 

@@ -18,11 +18,11 @@ if __package__ in (None, ""):
 import pandas as pd
 
 from tuning import tracking
-from tuning.summary import comparison_table, format_table
+from tuning.summary import comparison_table, format_table, trial_row
 
 
 def trial_frame(uri: str, experiment: str, parent_run_id: str | None = None) -> pd.DataFrame:
-    """One row per trial run, in the columns of `tuning.search.trial_rows`."""
+    """One row per trial run (`tuning.summary.trial_row`)."""
     from mlflow.entities import ViewType
     c = tracking.client(uri)
     exp = c.get_experiment_by_name(experiment)
@@ -36,18 +36,10 @@ def trial_frame(uri: str, experiment: str, parent_run_id: str | None = None) -> 
         token = page.token
         if not token:
             break
-    rows = []
-    for r in runs:
-        p, m, t = r.data.params, r.data.metrics, r.data.tags
-        rows.append({
-            "trial_id": t.get("trial_id"), "method": t["method"], "fraction": float(p["fraction"]),
-            "epochs": int(p["e_sl"]), "seed": int(p["seed"]), "rho": float(p["rho"]),
-            # PBT changes alpha / lam during a trial: the last value used, as the search reports it
-            "alpha": m.get("alpha", float(p["alpha"])), "lam": m.get("lam", float(p["lam"])),
-            "val_acc": m.get("val_acc"), "test_acc": m.get("test_acc"),
-            "train_time_s": m.get("train_time_s"), "compute_gtok": m.get("compute_gtok"),
-            "sl_epochs": int(m.get("sl_epochs", 0)), "completed": t.get("completed") == "true",
-            "error": t.get("error"), "status": r.info.status, "search": t.get("mlflow.parentRunId")})
+    rows = [trial_row(r.data.params, r.data.metrics, completed=r.data.tags.get("completed") == "true",
+                      error=r.data.tags.get("error"), trial_id=r.data.tags.get("trial_id"), status=r.info.status,
+                      search=r.data.tags.get("mlflow.parentRunId"))
+            for r in runs]
     return pd.DataFrame(rows)
 
 

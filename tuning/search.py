@@ -16,25 +16,24 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = str(Path(__file__).resolve().parent.parent)
-if __package__ in (None, ""):  # `python tuning/search.py` runs this file as a script
+if __name__ == "__main__" and not __package__:  # `python tuning/search.py`: import this checkout's packages
     sys.path.insert(0, REPO)
-# Checkpoints every epoch with num_to_keep force experiment snapshots; on local storage they are cheap.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# MLflow would print a "View run" link for every trial run it ends; the summary names the parent run.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-import pandas as pd
+import pandas as pd  # noqa: E402
 
-from search_spaces import SPACES, epoch_budgets, get_space
-from trainable.cli import add_common_args, common_config, flag_for
-from trainable.config import MixConfig
-from trainable.datasets import MissingDataError, load_dataset
-from trainable.tune_trainable import PBT_MUTABLE
-from tuning import tracking
-from tuning.summary import best_mixtraining, comparison_table, format_table, pareto_mask
+from search_spaces import SPACES, epoch_budgets, get_space  # noqa: E402
+from trainable import storage  # noqa: E402
+from trainable.cli import add_common_args, common_config, config_error_message  # noqa: E402
+from trainable.config import ConfigError, MixConfig  # noqa: E402
+from trainable.datasets import MissingDataError, load_dataset  # noqa: E402
+from trainable.tune_trainable import PBT_MUTABLE  # noqa: E402
+from tuning import tracking  # noqa: E402
+from tuning.summary import (best_mixtraining, comparison_table, format_table, pareto_front,  # noqa: E402
+                            trial_row)
 
 log = logging.getLogger("tuning.search")
 
@@ -43,6 +42,7 @@ PARENT_FILE = "mlflow_parent_run.txt"  # the MLflow parent run, so --resume cont
 SEARCHES = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "fifo", "pbt")
 OBJECTIVES = ("accuracy", "pareto")
+DEFAULT_STORAGE = "ray_results"
 
 
 class UsageError(Exception):
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus-per-trial", type=float, default=0.0,
                    help="fractional GPUs per trial: 0.25 puts four trials on one GPU (default 0)")
     g.add_argument("--address", help="join a running Ray cluster (e.g. auto)")
-    g.add_argument("--storage-path", default="ray_results",
+    g.add_argument("--storage-path", default=DEFAULT_STORAGE,
                    help="experiment folder: a local path (default ./ray_results) or s3:// / gs:// on clusters")
     g.add_argument("--name", help="experiment name (default: <space>-<datasets>-<date>)")
     g.add_argument("--resume", action="store_true", help="continue the experiment --name")
@@ -124,57 +124,28 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     try:
         for f in args.fraction:
             MixConfig(**common_config(args), fraction=f)
-    except ValueError as e:
-        parser.error(f"{flag_for(e)}: {str(e).split(': ', 1)[-1]}")
+    except ConfigError as e:
+        parser.error(config_error_message(e))
 
 
 # --- experiment folder ------------------------------------------------------------------------
 
-def _fs(storage_path: str):
-    import pyarrow.fs
-    if "://" in storage_path:
-        return pyarrow.fs.FileSystem.from_uri(storage_path)
-    return pyarrow.fs.LocalFileSystem(), os.path.abspath(storage_path)
-
-
-def experiment_path(args: argparse.Namespace) -> str:
-    return storage_root(args.storage_path).rstrip("/") + "/" + args.name
-
-
-def storage_root(storage_path: str) -> str:
-    return storage_path if "://" in storage_path else os.path.abspath(storage_path)
-
-
-def write_file(args: argparse.Namespace, filename: str, text: str) -> None:
-    """A small file in the experiment folder, local or s3:// / gs://."""
-    fs, root = _fs(args.storage_path)
-    fs.create_dir(f"{root}/{args.name}", recursive=True)
-    with fs.open_output_stream(f"{root}/{args.name}/{filename}") as f:
-        f.write(text.encode())
-
-
-def read_file(args: argparse.Namespace, filename: str) -> str:
-    fs, root = _fs(args.storage_path)
-    with fs.open_input_stream(f"{root}/{args.name}/{filename}") as f:
-        return f.read().decode()
+def experiment_folder(storage_path: str, name: str) -> storage.Folder:
+    """The experiment's folder: Ray's state and checkpoints, our settings, tables and figures."""
+    return storage.Folder(storage.absolute(storage_path).rstrip("/") + "/" + name)
 
 
 def load_args(args: argparse.Namespace) -> argparse.Namespace:
     """The settings the experiment was started with; --address and --verbose may change on resume."""
+    folder = experiment_folder(args.storage_path, args.name)
     try:
-        saved = json.loads(read_file(args, ARGS_FILE))
+        saved = json.loads(folder.read_text(ARGS_FILE))
     except FileNotFoundError:
-        raise UsageError(f"no experiment {args.name!r} under {storage_root(args.storage_path)} to resume "
+        raise UsageError(f"no experiment {args.name!r} under {storage.absolute(args.storage_path)} to resume "
                          f"(looked for {ARGS_FILE}); check --name and --storage-path") from None
     saved.update(resume=True, address=args.address, verbose=args.verbose)
     # Flags added since the experiment started take their defaults (which its checkpoints recorded).
     return argparse.Namespace(**{**vars(build_parser().parse_args([])), **saved})
-
-
-def experiment_exists(args: argparse.Namespace) -> bool:
-    import pyarrow.fs
-    fs, root = _fs(args.storage_path)
-    return fs.get_file_info(f"{root}/{args.name}").type != pyarrow.fs.FileType.NotFound
 
 
 # --- search pieces ----------------------------------------------------------------------------
@@ -240,31 +211,13 @@ def check_resources(cpus: float, gpus: float) -> None:
                                                          not any(r.get("GPU") for r in nodes) else ""))
 
 
-def trial_rows(results) -> pd.DataFrame:
-    """One row per trial: its config's experiment axes and its last reported metrics."""
-    rows, defaults = [], MixConfig()  # unsearched fields keep the config's defaults
-    for r in results:
-        c, m = r.config or {}, r.metrics or {}  # no config: the trial failed before its first report
-        rows.append({
-            "trial_id": m.get("trial_id"), "method": c.get("method"), "fraction": c.get("fraction"),
-            "epochs": c.get("e_sl"), "seed": c.get("seed"),
-            **{k: float(c.get(k, getattr(defaults, k))) for k in ("alpha", "rho", "lam")},
-            "val_acc": m.get("val_acc"), "test_acc": m.get("test_acc"),
-            "train_time_s": m.get("train_time_s"), "compute_gtok": m.get("compute_gtok"),
-            "sl_epochs": m.get("sl_epochs", 0), "completed": bool(m.get("completed", False)),
-            "ssl_epochs_reused": m.get("ssl_epochs_reused", 0), "ssl_time_reused_s": m.get("ssl_time_reused_s", 0.0),
-            "error": str(r.error) if r.error else None})
-    return pd.DataFrame(rows)
-
-
-def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
-    """Finished configurations not dominated in (mean val_acc up, mean compute down)."""
-    fin = df[df["completed"]]
-    if fin.empty:
-        return fin
-    g = fin.groupby(["method", "fraction", "epochs", "alpha", "rho", "lam"], dropna=False).agg(
-        val_acc=("val_acc", "mean"), compute_gtok=("compute_gtok", "mean")).reset_index()
-    return g[pareto_mask(g["val_acc"], g["compute_gtok"])].sort_values("compute_gtok", ignore_index=True)
+def trial_rows(results, base: dict) -> pd.DataFrame:
+    """One row per trial (`tuning.summary.trial_row`) from Tune's results over the search's shared base."""
+    return pd.DataFrame([
+        trial_row({**base, **(r.config or {})}, r.metrics or {},  # no config: failed before its first report
+                  completed=bool((r.metrics or {}).get("completed", False)),
+                  error=str(r.error) if r.error else None)
+        for r in results])
 
 
 def summarize(df: pd.DataFrame, objective: str) -> str:
@@ -291,99 +244,148 @@ def summarize(df: pd.DataFrame, objective: str) -> str:
     return "\n".join(lines)
 
 
-# --- main -------------------------------------------------------------------------------------
+# --- the stages of a search, in order -----------------------------------------------------------
 
-def run(args: argparse.Namespace):
-    """Run (or resume) the search; returns one row per trial (see `trial_rows`)."""
-    import ray
-    from ray import tune
+@dataclass
+class Outcome:
+    """What a finished search produced; `main` prints it (`render`)."""
+    args: argparse.Namespace  # the settings it ran with (the saved ones, on --resume)
+    df: pd.DataFrame  # one row per trial
+    table: pd.DataFrame  # the comparison
+    folder: storage.Folder  # the experiment folder
+    parent: str | None  # the MLflow parent run
 
-    from trainable.tune_trainable import MixTrainable
 
+def prepare(args: argparse.Namespace) -> argparse.Namespace:
+    """The settings to run: the saved ones on --resume; a new experiment must not exist yet."""
     if args.resume:
-        args = load_args(args)
-    elif experiment_exists(args):
-        raise UsageError(f"experiment {args.name!r} already exists under {storage_root(args.storage_path)}: "
+        return load_args(args)
+    if experiment_folder(args.storage_path, args.name).exists():
+        raise UsageError(f"experiment {args.name!r} already exists under {storage.absolute(args.storage_path)}: "
                          f"pass --resume to continue it, or another --name")
-    # Each dataset is read (or downloaded) once, here, before any Ray process starts, so missing
-    # data fails at once. Trials get it through Ray's object store: one copy per node, mapped by
-    # every trial process without a copy, a decode or access to data_dir.
+    args = argparse.Namespace(**vars(args))
+    if not args.no_mlflow:
+        args.mlflow_uri = tracking.resolve_uri(args.mlflow_uri)
+    return args
+
+
+def preload_datasets(args: argparse.Namespace) -> dict:
+    """Each dataset read (or downloaded) once, here, before any Ray process starts, so missing data fails
+    at once. Trials get them through Ray's object store: one copy per node, mapped by every trial process
+    without a copy, a decode or access to data_dir."""
     loaded = {}
     for d in dict.fromkeys([*args.dataset, *([args.ssl_dataset] if args.ssl_dataset else [])]):
         log.info("loading %s", d)
         loaded[d] = load_dataset(d, args.data_dir, args.download)
-    base = {**MixConfig(**common_config(args)).to_dict(), "_threads": max(1, int(args.cpus_per_trial))}
+    return loaded
+
+
+def base_config(args: argparse.Namespace) -> dict:
+    """The config every trial shares, and the bookkeeping keys ('_'-prefixed) its Trainable reads."""
+    base = {**MixConfig(**common_config(args)).to_dict(), "_threads": max(1, int(args.cpus_per_trial)),
+            "_gpu_share": args.gpus_per_trial}
     base["data_dir"] = os.path.abspath(base["data_dir"])  # trials run in other working folders
     if args.scheduler == "pbt":
         base["_pbt"] = True  # checkpoints may then come from a population member with another alpha / lam
     if args.share_ssl:  # under the storage path, so every node of a cluster sees it
-        base["_prefix_store"] = experiment_path(args) + "/ssl_prefixes"
+        base["_prefix_store"] = experiment_folder(args.storage_path, args.name).uri + "/ssl_prefixes"
         base["_prefix_max_bytes"] = int(args.prefix_store_gb * 2**30)
-    space = get_space(args.space)
-    budgets = epoch_budgets(space, args.epoch_scale)
+    return base
 
-    if not ray.is_initialized():
-        if not args.address and os.path.exists(os.path.join(REPO, "pyproject.toml")):
-            # Trial processes of a local instance inherit this environment: let them import this
-            # checkout's packages even where it is not pip-installed, as this process can.
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
-        # "local" always starts a fresh instance; None would join any cluster left running on this machine.
-        ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=args.verbose > 1,
-                 configure_logging=True, logging_level=logging.WARNING)
-    check_resources(args.cpus_per_trial, args.gpus_per_trial)
+
+def start_ray(args: argparse.Namespace) -> None:
+    import ray
+    if ray.is_initialized():
+        return
+    if not args.address and os.path.exists(os.path.join(REPO, "pyproject.toml")):
+        # Trial processes of a local instance inherit this environment: let them import this
+        # checkout's packages even where it is not pip-installed, as this process can.
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    # "local" always starts a fresh instance; None would join any cluster left running on this machine.
+    ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=args.verbose > 1,
+             configure_logging=True, logging_level=logging.WARNING)
+
+
+def start_tracking(args: argparse.Namespace, folder: storage.Folder) -> str | None:
+    """The MLflow parent run: a new one, or on --resume the one the experiment started."""
+    if args.no_mlflow:
+        return None
+    if args.resume:
+        parent = folder.read_text(PARENT_FILE).strip()
+        tracking.client(args.mlflow_uri).update_run(parent, status="RUNNING")
+        return parent
+    parent = tracking.start_parent(args.mlflow_uri, args.experiment, args.name,
+                                   {k: v for k, v in vars(args).items() if v is not None})
+    folder.write_text(PARENT_FILE, parent)
+    log.info("MLflow: experiment %r, parent run %s at %s", args.experiment, parent, args.mlflow_uri)
+    return parent
+
+
+def make_tuner(args: argparse.Namespace, base: dict, loaded: dict, parent: str | None, folder: storage.Folder):
+    """A new Tuner, or on --resume the saved one continuing its unfinished and errored trials."""
+    from ray import tune
+
+    from trainable.tune_trainable import MixTrainable
     trainable = tune.with_resources(tune.with_parameters(MixTrainable, base=base, loaded=loaded),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
-    path = experiment_path(args)
-    parent = None
     if args.resume:
-        if not args.no_mlflow:
-            parent = read_file(args, PARENT_FILE).strip()
-            tracking.client(args.mlflow_uri).update_run(parent, status="RUNNING")
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        if not args.no_mlflow:
-            args.mlflow_uri = tracking.resolve_uri(args.mlflow_uri)
-            parent = tracking.start_parent(args.mlflow_uri, args.experiment, args.name,
-                                           {k: v for k, v in vars(args).items() if v is not None})
-            write_file(args, PARENT_FILE, parent)
-            log.info("MLflow: experiment %r, parent run %s at %s", args.experiment, parent, args.mlflow_uri)
-        write_file(args, ARGS_FILE, json.dumps(vars(args), indent=1))
-        searcher = make_searcher(args)
-        log.info("experiment %s: %d trials (%s baselines), epoch budgets %s", path, searcher.total_trials,
-                 "no" if args.no_baselines else "with", budgets)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher, scheduler=make_scheduler(args), num_samples=searcher.total_trials,
-                max_concurrent_trials=args.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=args.name, storage_path=storage_root(args.storage_path), verbose=args.verbose,
-                callbacks=[] if parent is None else [
-                    tracking.MLflowTracking(args.mlflow_uri, args.experiment, parent, base)],
-                checkpoint_config=tune.CheckpointConfig(
-                    checkpoint_frequency=args.checkpoint_every, checkpoint_at_end=True,
-                    num_to_keep=4 if args.scheduler == "pbt" else 2),  # PBT exploits others' checkpoints
-                failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+        return tune.Tuner.restore(folder.uri, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    folder.write_text(ARGS_FILE, json.dumps(vars(args), indent=1))
+    searcher = make_searcher(args)
+    log.info("experiment %s: %d trials (%s baselines), epoch budgets %s", folder.uri, searcher.total_trials,
+             "no" if args.no_baselines else "with", epoch_budgets(get_space(args.space), args.epoch_scale))
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=make_scheduler(args), num_samples=searcher.total_trials,
+            max_concurrent_trials=args.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=args.name, storage_path=storage.absolute(args.storage_path), verbose=args.verbose,
+            callbacks=[] if parent is None else [
+                tracking.MLflowTracking(args.mlflow_uri, args.experiment, parent, base)],
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=args.checkpoint_every, checkpoint_at_end=True,
+                num_to_keep=4 if args.scheduler == "pbt" else 2),  # PBT exploits others' checkpoints
+            failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+
+
+def fit(tuner, parent: str | None, mlflow_uri: str | None):
+    """Tune's results; KeyboardInterrupt when the search was interrupted (its parent run then KILLED)."""
     try:
         results = tuner.fit()
         # On Ctrl-C Tune saves its state and returns; trials neither done nor failed mean that.
         if any(r.error is None and not (r.metrics or {}).get("done") for r in results):
             raise KeyboardInterrupt
+        return results
     except BaseException:
         if parent:
-            tracking.client(args.mlflow_uri).set_terminated(parent, status="KILLED")
+            tracking.client(mlflow_uri).set_terminated(parent, status="KILLED")
         raise
-    df = trial_rows(results)
-    print(summarize(df, args.objective))
+
+
+def finish(args: argparse.Namespace, results, base: dict, parent: str | None, folder: storage.Folder) -> Outcome:
+    """The comparison written to the experiment folder (whatever its scheme) and to the parent run."""
+    df = trial_rows(results, base)
     table = comparison_table(df)
-    if not table.empty and "://" not in args.storage_path:
-        table.to_csv(os.path.join(path, "comparison.csv"), index=False)
-        Path(path, "comparison.md").write_text(format_table(table) + "\n")
-        print(f"table saved to {path}/comparison.{{csv,md}}")
+    if not table.empty:
+        folder.write_text("comparison.csv", table.to_csv(index=False))
+        folder.write_text("comparison.md", format_table(table) + "\n")
     if parent:
         tracking.finish_parent(args.mlflow_uri, parent, df, table, best_checkpoint(results, df))
-        print(f"MLflow: parent run {parent} in experiment {args.experiment!r} ({args.mlflow_uri})")
-    return df
+    return Outcome(args, df, table, folder, parent)
+
+
+def run(args: argparse.Namespace) -> Outcome:
+    """Run (or resume) the search."""
+    args = prepare(args)
+    loaded = preload_datasets(args)
+    base = base_config(args)
+    start_ray(args)
+    check_resources(args.cpus_per_trial, args.gpus_per_trial)
+    folder = experiment_folder(args.storage_path, args.name)
+    parent = start_tracking(args, folder)
+    results = fit(make_tuner(args, base, loaded, parent, folder), parent, args.mlflow_uri)
+    return finish(args, results, base, parent, folder)
 
 
 def best_checkpoint(results, df: pd.DataFrame):
@@ -398,7 +400,27 @@ def best_checkpoint(results, df: pd.DataFrame):
     return None
 
 
+# --- the command line ---------------------------------------------------------------------------
+
+def render(outcome: Outcome) -> str:
+    lines = [summarize(outcome.df, outcome.args.objective)]
+    if not outcome.table.empty:
+        lines.append(f"table saved to {outcome.folder.uri}/comparison.{{csv,md}}")
+    if outcome.parent:
+        lines.append(f"MLflow: parent run {outcome.parent} in experiment {outcome.args.experiment!r} "
+                     f"({outcome.args.mlflow_uri})")
+    return "\n".join(lines)
+
+
+def configure_environment() -> None:
+    # Checkpoints every epoch with num_to_keep force experiment snapshots; on local storage they are cheap.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # MLflow would print a "View run" link for every trial run it ends; the summary names the parent run.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
 def main(argv: list[str] | None = None) -> int:
+    configure_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
     validate(args, parser)
@@ -406,15 +428,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.name:
         args.name = f"{args.space}-{'+'.join(args.dataset)}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     try:
-        df = run(args)
+        outcome = run(args)
     except (UsageError, MissingDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python tuning/search.py --resume --name {args.name}"
-              + (f" --storage-path {args.storage_path}" if args.storage_path != "ray_results" else ""),
+              + (f" --storage-path {args.storage_path}" if args.storage_path != DEFAULT_STORAGE else ""),
               file=sys.stderr)
         return 130
+    print(render(outcome))
+    df = outcome.df
     if len(df) and df["error"].notna().all():
         print(f"error: all {len(df)} trials failed; Ray printed each trial's error and its error file above "
               f"(more with --verbose 2)", file=sys.stderr)

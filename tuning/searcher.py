@@ -17,8 +17,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.sample import Domain
 
 from search_spaces import grid, to_config_fields
-from trainable.config import MixConfig
-from trainable.schedule import phase_plan
+from trainable.config import MixConfig, method_plan
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +87,9 @@ class ExperimentSearcher(Searcher):
     # --- SSL-prefix sharing: do not start a trial whose prefix a running trial is about to store ---
     @staticmethod
     def _ssl_need(cfg: dict[str, Any]) -> tuple[tuple, int]:
-        """(SSL key within this search, SSL-only epochs) of a trial config."""
-        rho = {"sl": 0.0, "ssl_sl": 0.0}.get(cfg["method"], cfg.get("rho", MixConfig.rho))
-        e_ssl = 0 if cfg["method"] == "sl" else cfg["e_ssl"]
-        return (cfg["fraction"], cfg["seed"], e_ssl), phase_plan(e_ssl, cfg["e_sl"], rho).ssl
+        """(SSL key within this search, SSL-only epochs) of a trial config (the search's constants aside)."""
+        p = method_plan(cfg["method"], cfg["e_ssl"], cfg["e_sl"], cfg.get("rho", MixConfig.rho))
+        return (cfg["fraction"], cfg["seed"], p.ssl + p.mix), p.ssl
 
     def _ready(self, cfg: dict[str, Any]) -> bool:
         key, need = self._ssl_need(cfg)

@@ -3,15 +3,46 @@
 Pure functions over a pandas DataFrame, so that the search's own summary and
 `tuning/report.py` (rebuilt from MLflow) are the same code.
 
-Expected columns: method, fraction, epochs, seed, alpha, rho, lam, val_acc, test_acc,
-train_time_s, compute_gtok, completed.
+The rows come from `trial_row`, the one place that knows their columns, whether the search
+builds them from Ray's results or `tuning/report.py` from MLflow's runs.
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import pandas as pd
+
+from trainable.config import MixConfig
 
 CONFIG_KEYS = ["alpha", "rho", "lam"]
 METHOD_NAMES = {"sl": "SL", "ssl_sl": "SSL+SL", "mixtraining": "MixTraining"}
+_DEFAULTS = MixConfig()
+
+
+def trial_row(config: Mapping[str, Any], metrics: Mapping[str, Any], *, completed: bool, error: str | None,
+              **extra: Any) -> dict[str, Any]:
+    """One trial as a row of the comparison's input.
+
+    config: the trial's config fields (values may be MLflow's parameter strings; fields it lacks take
+    the config's defaults). metrics: its last reported metrics. alpha and lam are taken from the
+    metrics where present: population-based training changes them during a trial, and the metrics
+    hold the last values used. extra: further columns (trial_id, when not in the metrics, ...).
+    """
+    def field(name: str, kind: type):
+        v = config.get(name, getattr(_DEFAULTS, name))
+        return None if v is None else kind(v)
+
+    return {
+        "trial_id": metrics.get("trial_id"), "method": config.get("method"), "fraction": field("fraction", float),
+        "epochs": field("e_sl", int), "seed": field("seed", int),
+        "alpha": float(metrics.get("alpha", field("alpha", float))), "rho": field("rho", float),
+        "lam": float(metrics.get("lam", field("lam", float))),
+        "val_acc": metrics.get("val_acc"), "test_acc": metrics.get("test_acc"),
+        "train_time_s": metrics.get("train_time_s"), "compute_gtok": metrics.get("compute_gtok"),
+        "sl_epochs": int(metrics.get("sl_epochs", 0)), "completed": bool(completed),
+        "ssl_epochs_reused": int(metrics.get("ssl_epochs_reused", 0)),
+        "ssl_time_reused_s": float(metrics.get("ssl_time_reused_s", 0.0)),
+        "error": error, **extra}
 
 
 def best_mixtraining(df: pd.DataFrame) -> pd.DataFrame:
@@ -65,6 +96,16 @@ def format_table(table: pd.DataFrame) -> str:
         lines.append(f"| {r.fraction:g} | {r.epochs} | {METHOD_NAMES[r.method]} | {acc} | {r.train_time_s:.1f} | "
                      f"{r.compute_gtok:.4g} | {speed} | " + " | ".join(cfg) + " |")
     return "\n".join(lines)
+
+
+def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
+    """Finished configurations not dominated in (mean val_acc up, mean compute down)."""
+    fin = df[df["completed"]]
+    if fin.empty:
+        return fin
+    g = fin.groupby(["method", "fraction", "epochs", *CONFIG_KEYS], dropna=False).agg(
+        val_acc=("val_acc", "mean"), compute_gtok=("compute_gtok", "mean")).reset_index()
+    return g[pareto_mask(g["val_acc"], g["compute_gtok"])].sort_values("compute_gtok", ignore_index=True)
 
 
 def pareto_mask(acc: pd.Series, cost: pd.Series) -> list[bool]:

@@ -68,7 +68,7 @@ def start_parent(uri: str, experiment: str, name: str, params: dict[str, Any]) -
 
 def trial_params(config: dict[str, Any]) -> dict[str, str]:
     """The resolved engine config plus e_mix and the phase plan."""
-    cfg = MixConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
+    cfg = MixConfig.from_trial(config)
     p = plan(cfg)
     out = {k: _param_str(v) for k, v in cfg.to_dict().items()}
     out.update(e_mix=str(p.mix), plan_ssl_epochs=str(p.ssl), plan_mix_epochs=str(p.mix), plan_sl_epochs=str(p.sl))
