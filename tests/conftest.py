@@ -1,9 +1,28 @@
-"""Shared fixtures: the bundled digits data, loaded once per test session for the `test` model."""
+"""Shared fixtures: the bundled digits data for the `test` model, one Ray instance and one MLflow server per
+session, and processes ended by pid whatever a test's outcome.
+
+Tests that need Ray or an MLflow server are marked `slow` here, so `pytest -m "not slow"` is the quick loop.
+"""
+import os
+
 import pytest
 import torch
 
+from tests_helpers import NO_GPU, MlflowServer, Processes
 from trainable.config import MixConfig, resolve
 from trainable.engine import load_training_data
+
+# One intra-op thread: on 2 shared cores, OpenMP's second thread makes small tensor ops many times slower.
+torch.set_num_threads(1)
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no call home from the tests' MLflow clients
+
+SLOW_FIXTURES = {"ray_cluster", "mlflow_server", "tracked_search"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def small_config(**overrides) -> MixConfig:
@@ -18,59 +37,54 @@ def small_config(**overrides) -> MixConfig:
 def digits_data():
     return load_training_data(resolve(small_config()))
 
-# One intra-op thread: on 2 shared cores, OpenMP's second thread makes small tensor ops many times slower.
-torch.set_num_threads(1)
+
+@pytest.fixture
+def processes():
+    procs = Processes()
+    yield procs
+    procs.stop_all()
 
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray instance for the whole test session, capped at 2 CPUs; yields its address."""
-    import os
+    """One local Ray instance for the whole test session, capped at 2 CPUs and no GPU; yields its address.
 
+    Its processes see no GPU either (CUDA_VISIBLE_DEVICES is empty while it starts, and they inherit
+    that), so tests that expect "no GPU" hold on a machine with one.
+    """
     import ray
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ctx = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ.update(NO_GPU)
+    try:
+        ctx = ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    finally:
+        if saved is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
     yield ctx.address_info["gcs_address"]
     ray.shutdown()
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on a loopback port with a sqlite backend; stopped (whole group) at the end."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    root = tmp_path_factory.mktemp("mlflow_server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    """A real `mlflow server` on a loopback port with a sqlite backend; yields its URI."""
+    procs = Processes()
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"{uri}/health", timeout=2).read().strip() == b"OK":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield uri
+        yield MlflowServer(tmp_path_factory.mktemp("mlflow_server"), procs).start().uri
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        procs.stop_all()
+
+
+@pytest.fixture(scope="session")
+def tracked_search(ray_cluster, mlflow_server, tmp_path_factory):
+    """One small search with two seeds tracked on the MLflow server: (trial rows, printed summary, client)."""
+    from mlflow import MlflowClient
+
+    from tests_helpers import run_search_cli
+    tmp = tmp_path_factory.mktemp("tracked")
+    df, out = run_search_cli(tmp, "--space", "smoke", "--name", "tracked", "--num-samples", "2",
+                             "--scheduler", "fifo", "--seeds", "2", "--mlflow-uri", mlflow_server,
+                             "--experiment", "tracked")
+    return df, out, MlflowClient(mlflow_server)

@@ -101,6 +101,7 @@ def _wait_for_nodes(address, n, timeout=60):
     raise TimeoutError(f"cluster at {address} never had {n} nodes")
 
 
+@pytest.mark.slow
 def test_search_on_two_nodes_survives_losing_the_worker_node(tmp_path):
     port = _free_port()
     address = f"127.0.0.1:{port}"

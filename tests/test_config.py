@@ -1,6 +1,11 @@
+"""trainable.config: validation, field roles and what derives from them, the plan, optimiser settings."""
+import dataclasses
+import math
+
 import pytest
 
-from trainable.config import MixConfig, optim_settings, plan
+from trainable.config import (DATA, ROLES, RUNTIME, SSL, TRAIN, ConfigError, MixConfig, _field, field_roles,
+                              fields_with, optim_settings, plan, resolve, trajectory_fields)
 from trainable.schedule import PhasePlan
 
 
@@ -10,10 +15,12 @@ from trainable.schedule import PhasePlan
     ("e_ssl", -1), ("e_sl", 2.5), ("e_sl", 0), ("seed", -3), ("batch_size", 0),
     ("method", "supervised"), ("model", "vit_huge"), ("mix_step", "fused"),
     ("ssl_dataset", "imagenet"), ("mask_ratio", 1.0), ("sl_lr", -1.0),
+    ("alpha", math.nan), ("fraction", math.inf), ("sl_lr", math.nan), ("ssl_lr", math.inf), ("sl_beta2", math.nan),
 ])
 def test_config__invalid_value_raises_value_error_naming_the_field(field, value):
-    with pytest.raises(ValueError, match=rf"^{field}:"):
+    with pytest.raises(ValueError, match=rf"^{field}:") as raised:
         MixConfig(**{field: value})
+    assert isinstance(raised.value, ConfigError) and raised.value.field == field
 
 
 def test_config__unknown_dataset_lists_the_choices():
@@ -55,3 +62,51 @@ def test_optim_settings__ssl_schedule_depends_on_e_ssl_only():
     a = optim_settings(MixConfig(e_ssl=10, e_sl=20, rho=0.25, alpha=0.1), "ssl")
     b = optim_settings(MixConfig(e_ssl=10, e_sl=5, rho=1.0, alpha=0.9), "ssl")
     assert a == b
+
+
+# --- field roles ------------------------------------------------------------------------------------
+
+def test_field_roles__every_field_declares_known_roles():
+    roles = field_roles()
+    assert set(roles) == {f.name for f in dataclasses.fields(MixConfig)}
+    assert all(r and r <= set(ROLES) for r in roles.values())
+
+
+def test_field_roles__a_new_field_without_a_role_fails():
+    bare = dataclasses.make_dataclass("WithNewField", [("new_knob", float, dataclasses.field(default=1.0))],
+                                      bases=(MixConfig,), frozen=True)
+    with pytest.raises(TypeError, match="'new_knob' has roles \\[\\]"):
+        field_roles(bare)
+    declared = dataclasses.make_dataclass("WithRole", [("new_knob", float, _field(1.0, TRAIN))],
+                                          bases=(MixConfig,), frozen=True)
+    assert field_roles(declared)["new_knob"] == {TRAIN}
+
+
+def test_field_roles__a_field_that_selects_data_must_also_shape_the_ssl_phase():
+    bad = dataclasses.make_dataclass("DataOnly", [("subset", int, _field(0, DATA))], bases=(MixConfig,), frozen=True)
+    with pytest.raises(TypeError, match="selects the data.*role SSL too"):
+        field_roles(bad)
+
+
+def test_field_roles__the_derived_sets():
+    assert set(fields_with(RUNTIME)) == {"data_dir", "download", "device"}
+    assert set(trajectory_fields()) == {f.name for f in dataclasses.fields(MixConfig)} - set(fields_with(RUNTIME))
+    assert {"alpha", "rho", "lam", "e_sl", "sl_lr", "method"} <= set(fields_with(TRAIN))
+    assert not {"alpha", "rho", "lam", "e_sl", "sl_lr", "method"} & set(fields_with(SSL))
+    assert set(fields_with(DATA)) == {"datasets", "ssl_dataset", "data_dir", "fraction", "val_frac", "model", "seed",
+                                      "device"}
+
+
+def test_resolve__derived_values_made_once():
+    run = resolve(MixConfig(datasets=("digits",), method="sl", e_ssl=10, e_sl=8, device="cpu"))
+    assert run.plan == PhasePlan(0, 0, 8) and run.model == "tiny" and run.model_cfg.img_size == 16
+    assert run.sl_optim == optim_settings(run.cfg, "sl") and not (run.amp or run.compile or run.fused_adamw)
+    assert run.values(SSL)["e_ssl"] == 0  # the SL baseline trains no SSL epoch, whatever e_ssl says
+    assert run.values(DATA)["model"] == "tiny" and run.values(DATA)["device"] == "cpu"
+
+
+def test_resolve__cuda_asked_for_without_cuda_names_the_device_field(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="^device: 'cuda' requested but CUDA is not available"):
+        resolve(MixConfig(device="cuda"))

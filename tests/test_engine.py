@@ -1,14 +1,16 @@
+"""trainable.engine: the step functions and the epoch loop, on the `test` model and bundled digits."""
 import io
 
 import pytest
 import torch
 
 from conftest import small_config
-from trainable.data import augment, build_training_data, generator, stratified_subset
-from trainable.datasets import load_dataset
+from trainable.config import optim_settings
+from trainable.data import generator
 from trainable.engine import Engine, NonFiniteLossError, mix_step, separate_mix_step, sl_step, ssl_step
 from trainable.losses import mae_loss, sl_loss
 from trainable.models import MODEL_CONFIGS, MixViT, select_tokens
+from trainable.schedule import lr_at
 
 TIMING_KEYS = {"epoch_time_s", "train_time_s", "images_per_s"}
 
@@ -169,7 +171,18 @@ def test_engine__ssl_only_phase_does_not_depend_on_alpha_rho_lam_or_e_sl(digits_
     for k, v in a.model.state_dict().items():
         if not k.startswith("heads."):
             assert torch.equal(v, b.model.state_dict()[k]), k
-    assert a.optimizer.state_dict()["state"].keys() == b.optimizer.state_dict()["state"].keys()
+    _assert_same_optimizer_state(a.optimizer, b.optimizer)
+
+
+def _assert_same_optimizer_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa["state"].keys() == sb["state"].keys() and sa["state"]
+    for i, st in sa["state"].items():
+        assert st.keys() == sb["state"][i].keys()
+        for k, v in st.items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb["state"][i][k])), (i, k)
+    assert [{k: v for k, v in g.items() if k != "params"} for g in sa["param_groups"]] == \
+           [{k: v for k, v in g.items() if k != "params"} for g in sb["param_groups"]]
 
 
 def test_engine__sl_on_bundled_digits_is_well_above_chance(digits_data):
@@ -210,56 +223,52 @@ def test_engine__multi_task_reports_accuracy_per_task_and_their_mean():
     assert m["val_acc"] == pytest.approx((m["val_acc/digits"] + m["val_acc/mnist"]) / 2)
 
 
-def test_engine__different_ssl_dataset_mixes_images_with_lambda():
+def test_engine__different_ssl_dataset_mixes_images_with_lambda_and_lambda_matters():
     cfg = small_config(ssl_dataset="mnist", lam=1.0, rho=1.0, e_ssl=1, e_sl=1)
-    eng = Engine(cfg)
-    assert not eng.data.ssl_is_sl
-    x = torch.randn(4, 3, 16, 16)
-    assert torch.equal(eng.data.mix_images(x, 1.0, generator(0)), x)  # lam = 1: pure SL images
-    eng_half = Engine(cfg.replace(lam=0.5), data=eng.data)
-    mixed = eng_half.data.mix_images(x, 0.5, generator(0))
-    x_ssl = 2 * mixed - x  # Eq. (2) solved for x_ssl must be a (normalised, augmented) SSL image
-    assert x_ssl.min() >= -1 - 1e-5 and x_ssl.max() <= 1 + 1e-5
-    assert eng.run_epoch()["phase"] == "mix"
+    pure = Engine(cfg)
+    assert not pure.data.ssl_is_sl
+    m_pure = pure.run_epoch()
+    m_half = Engine(cfg.replace(lam=0.5), data=pure.data).run_epoch()
+    assert m_pure["phase"] == m_half["phase"] == "mix"
+    assert m_pure["loss_sl"] != m_half["loss_sl"]  # the mixed-in SSL images change what the classifier sees
 
 
-def test_engine__reconstruct_returns_original_masked_and_reconstruction(digits_data):
-    eng = Engine(small_config(), data=digits_data)
-    orig, masked, recon = eng.reconstruct(4)
-    assert orig.shape == masked.shape == recon.shape == (4, 3, 16, 16)
-    assert 0 <= recon.min() and recon.max() <= 1
+def test_engine__reconstruct_keeps_visible_patches_and_learns_the_masked_ones(digits_data):
+    eng = Engine(small_config(method="ssl_sl", e_ssl=6, e_sl=1, batch_size=32, ssl_lr=2.4e-3), data=digits_data)
+    before = eng.reconstruct(16)
+    _run(eng, 6)  # the SSL epochs
+    orig, masked, recon = eng.reconstruct(16)
+    assert orig.shape == masked.shape == recon.shape == (16, 3, 16, 16)
     visible = masked != 0.5  # masked patches are zero in [-1, 1], i.e. 0.5 in [0, 1]
     assert torch.equal(recon[visible], orig[visible])
+    err = lambda r: (r - orig)[~visible].pow(2).mean().item()  # noqa: E731
+    # A trained decoder predicts the masked patches far better than the untrained one or the grey mask.
+    assert err(recon) < 0.5 * err(before[2]) and err(recon) < 0.5 * err(masked)
 
 
-# --- data ---------------------------------------------------------------------------------------
-
-def test_augment__crop_is_a_window_of_the_zero_padded_image_and_flip_mirrors():
-    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.int64).remainder(256).to(torch.uint8).view(2, 3, 8, 8)
-    out = augment(x, 2, False, generator(3))
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    for i in range(2):
-        assert any(torch.equal(out[i], padded[i, :, r:r + 8, c:c + 8]) for r in range(5) for c in range(5))
-    assert torch.equal(augment(x, 2, False, generator(3)), out)  # seeded
-    flipped = augment(x, 0, True, generator(0))
-    assert all(torch.equal(f, o) or torch.equal(f, o.flip(2)) for f, o in zip(flipped, x))
-
-
-def test_stratified_subset__deterministic_and_keeps_class_proportions():
-    labels = torch.tensor([0] * 100 + [1] * 50 + [2] * 10)
-    a = stratified_subset(labels, 0.2, generator(5))
-    assert torch.equal(a, stratified_subset(labels, 0.2, generator(5)))
-    assert not torch.equal(a, stratified_subset(labels, 0.2, generator(6)))
-    assert torch.bincount(labels[a]).tolist() == [20, 10, 2]
+def test_engine__mix_optim_ssl_continues_the_ssl_optimiser_and_schedule_through_the_mix_phase(digits_data):
+    cfg = small_config(e_ssl=3, e_sl=3, rho=0.34)  # plan: 2 SSL, 1 mix, 2 SL
+    ssl_mix, sl_mix = Engine(cfg.replace(mix_optim="ssl"), data=digits_data), Engine(cfg, data=digits_data)
+    _run(ssl_mix, 2), _run(sl_mix, 2)
+    opt = ssl_mix.optimizer
+    m_ssl, m_sl = ssl_mix.run_epoch(), sl_mix.run_epoch()
+    assert m_ssl["phase"] == m_sl["phase"] == "mix"
+    assert ssl_mix.optimizer is opt and ssl_mix.opt_kind == "ssl"  # the SSL optimiser's state carries on
+    assert sl_mix.opt_kind == "sl"
+    n = len(digits_data.sl_batches(cfg.batch_size, generator(0)))
+    s = optim_settings(cfg.replace(mix_optim="ssl"), "ssl")
+    assert m_ssl["lr"] == pytest.approx(lr_at(2 + (n - 1) / n, s.lr, s.warmup_epochs, s.total_epochs))
+    t = optim_settings(cfg, "sl")
+    assert m_sl["lr"] == pytest.approx(lr_at((n - 1) / n, t.lr, t.warmup_epochs, t.total_epochs))
+    assert ssl_mix.run_epoch()["phase"] == "sl" and ssl_mix.opt_kind == "sl"
 
 
-def test_build_training_data__fraction_is_seeded_and_validation_is_fixed():
-    digits = load_dataset("digits")
-    build = lambda frac, seed: build_training_data([digits], None, frac, 0.1, seed, 16, torch.device("cpu"))  # noqa: E731
-    half0, half0b, half1 = build(0.5, 0), build(0.5, 0), build(0.5, 1)
-    assert torch.equal(half0.tasks[0].train.labels, half0b.tasks[0].train.labels)
-    assert not torch.equal(half0.tasks[0].train.images, half1.tasks[0].train.images)
-    assert torch.equal(half0.tasks[0].val.images, half1.tasks[0].val.images)  # same validation set
-    full = build(1.0, 0).tasks[0]
-    assert len(half0.tasks[0].train.labels) == pytest.approx(len(full.train.labels) / 2, abs=10)
-    assert half0.tasks[0].train.images.shape[1:] == (3, 16, 16)  # 8x8 grey -> the model's input
+def test_engine__separate_mix_step_encodes_twice_per_mix_batch_and_trains_differently(digits_data):
+    cfg = small_config(e_ssl=1, e_sl=1, rho=1.0)  # plan: one mix epoch
+    merged, separate = Engine(cfg, data=digits_data), Engine(cfg.replace(mix_step="separate"), data=digits_data)
+    calls = _count_encoder_calls(separate.model)
+    m_sep, m_mer = separate.run_epoch(), merged.run_epoch()
+    steps = len(digits_data.sl_batches(cfg.batch_size, generator(0)))
+    assert len(calls) == 2 * steps
+    assert m_sep["compute_gtok"] > m_mer["compute_gtok"]
+    assert m_sep["loss_ssl"] != m_mer["loss_ssl"]

@@ -1,11 +1,9 @@
-"""The experiment searcher, search spaces and phase-aware ASHA, without starting Ray."""
+"""tuning.searcher: baselines, seeds, per-fraction proposals and SSL-prefix waits, without starting Ray."""
 import pytest
-from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from search_spaces import SPACES, epoch_budgets, get_space, grid, to_config_fields
+from search_spaces import get_space
 from trainable.config import MixConfig
-from tuning.scheduler import PhaseAwareASHA
 from tuning.searcher import GROUP, ExperimentSearcher
 
 BASE = MixConfig(datasets=("digits",), model="test").to_dict()
@@ -19,33 +17,6 @@ def _drain(searcher, prefix="t"):
             return out, cfg
         out.append((f"{prefix}{i}", cfg))
         i += 1
-
-
-def test_spaces__every_key_is_a_config_field_and_a_typo_fails_at_once():
-    for name in SPACES:
-        get_space(name)
-    SPACES["typo"] = {"alhpa": 0.5}
-    try:
-        with pytest.raises(ValueError, match=r"\['alhpa'\] are not config fields"):
-            get_space("typo")
-    finally:
-        del SPACES["typo"]
-
-
-def test_paper_space__values_of_tables_4_5_6_and_lam_only_when_datasets_differ():
-    space = get_space("paper")
-    assert space["lam"] == 0.5
-    values = {k: sorted({p[k] for p in grid(space)}) for k in ("alpha", "rho", "epochs")}
-    assert values == {"alpha": [0.01, 0.1, 0.5, 0.9, 0.99], "rho": [0.25, 0.5, 0.75, 1.0], "epochs": [50, 75, 100]}
-    assert len(grid(space)) == 60
-    assert sorted({p["lam"] for p in grid(get_space("paper", different_ssl_data=True))}) == [0.25, 0.5, 0.75]
-
-
-def test_epoch_scale__shrinks_budgets_proportionally_never_below_one():
-    assert epoch_budgets(get_space("paper"), 0.1) == [5, 8, 10]
-    assert epoch_budgets(get_space("paper"), 0.001) == [1]
-    assert epoch_budgets(get_space("continuous")) == [50, 75, 100]
-    assert to_config_fields({"epochs": 75, "alpha": 0.1}, 0.1) == {"e_ssl": 8, "e_sl": 8, "alpha": 0.1}
 
 
 def test_grid__one_trial_per_combination_and_seed_plus_baselines_once_per_budget_fraction_seed():
@@ -112,39 +83,67 @@ def test_searcher__state_survives_save_and_restore(tmp_path):
     assert restored.suggest("a6")["alpha"] == 0.2  # the restored inner searcher goes on where it was
 
 
-class _Trial:
-    def __init__(self, trial_id, method="mixtraining", e_sl=8, fraction=1.0):
-        self.trial_id, self.config = trial_id, {"method": method, "e_sl": e_sl, "fraction": fraction}
+def test_searcher__holds_back_a_trial_whose_prefix_a_running_trial_is_computing():
+    s = ExperimentSearcher(get_space("paper"), fractions=[1.0], seeds=1, budgets=[4], epoch_scale=0.04,
+                           num_samples=1, inner=None, metric="val_acc", mode="max", share_ssl=True)
+    sl, producer = s.suggest("t0"), s.suggest("t1")
+    assert (sl["method"], producer["method"], producer["e_ssl"]) == ("sl", "ssl_sl", 4)
+    # Mix trials with e_ssl = 4 and rho < 1 need 1..3 SSL-only epochs that t1 (ssl_sl, 4 SSL epochs) will store.
+    blocked = [c for c in s.queue if c["e_ssl"] == 4 and c["rho"] < 1.0]
+    assert blocked and not any(s._ready(c) for c in blocked)
+    started = [s.suggest(f"m{i}") for i in range(len(s.queue))]
+    assert not any(c["e_ssl"] == 4 and c["rho"] < 1.0 for c in started if c), "a blocked trial started"
+    assert started[-1] is None and all(c in s.queue for c in blocked)
+    s.on_trial_result("t1", {"phase": "ssl", "epoch": 1})  # one SSL epoch stored: rho = 0.75 (needs 1) is ready
+    ready = s.suggest("m_ready")
+    assert (ready["e_ssl"], ready["rho"]) == (4, 0.75)
+    s.on_trial_result("t1", {"phase": "sl", "epoch": 5})  # t1 left its SSL phase: all its key's trials may start
+    waiting = [c for c in s.queue if c["e_ssl"] == 4]
+    assert waiting and all(s._ready(c) for c in waiting)
 
 
-def test_phase_aware_asha__never_stops_a_trial_in_its_ssl_only_phase_nor_a_baseline():
-    sched = PhaseAwareASHA(metric="val_acc", mode="max", grace_period=1, reduction_factor=2)
-    good, bad, base = _Trial("good"), _Trial("bad"), _Trial("base", method="ssl_sl")
-    for t in (good, bad, base):
-        sched.on_trial_add(None, t)
-    # Many SSL-only epochs with a meaningless (NaN) or terrible accuracy: always CONTINUE.
-    for epoch in range(1, 6):
-        nan_result = {"sl_epochs": 0, "val_acc": float("nan"), "training_iteration": epoch}
-        assert sched.on_trial_result(None, bad, nan_result) == TrialScheduler.CONTINUE
-        assert sched.on_trial_result(None, base, {"sl_epochs": 0, "val_acc": 0.0}) == TrialScheduler.CONTINUE
-    # Once both have trained their classifier, ASHA compares them at its rungs and stops the worse one.
-    decisions = []
-    for sl in (1, 2):
-        sched.on_trial_result(None, good, {"sl_epochs": sl, "val_acc": 0.9})
-        decisions.append(sched.on_trial_result(None, bad, {"sl_epochs": sl, "val_acc": 0.1}))
-        assert sched.on_trial_result(None, base, {"sl_epochs": sl, "val_acc": 0.0}) == TrialScheduler.CONTINUE
-    assert TrialScheduler.STOP in decisions
+def test_searcher__optuna_proposals_also_wait_for_a_prefix_being_computed():
+    class Inner(Searcher):
+        def suggest(self, trial_id):
+            return {"alpha": 0.5, "rho": 0.5, "epochs": 100}  # needs 2 of the 4 SSL epochs at scale 0.04
+
+    s = ExperimentSearcher(get_space("paper"), fractions=[1.0], seeds=1, budgets=[4], epoch_scale=0.04,
+                           num_samples=2, inner={1.0: Inner(metric="val_acc", mode="max")}, metric="val_acc",
+                           mode="max", share_ssl=True)
+    assert [s.suggest("b0")["method"], s.suggest("b1")["method"]] == ["sl", "ssl_sl"]  # b1 computes the prefix
+    assert s.suggest("p0") is None and len(s.queue) == 1  # the proposal waits in the queue
+    s.on_trial_result("b1", {"phase": "ssl", "epoch": 2})
+    cfg = s.suggest("p1")
+    assert cfg["method"] == "mixtraining" and cfg["_group"] == "p0"  # the group keeps the id Optuna knows
 
 
-def test_phase_aware_asha__ranks_trials_only_within_their_fraction_and_epoch_budget():
-    sched = PhaseAwareASHA(metric="val_acc", mode="max", grace_period=1, reduction_factor=2)
-    long_good, short, other_fraction = _Trial("a", e_sl=20), _Trial("b", e_sl=10), _Trial("c", e_sl=20, fraction=0.1)
-    for t in (long_good, short, other_fraction):
-        sched.on_trial_add(None, t)
-    for sl in (1, 2, 4):
-        sched.on_trial_result(None, long_good, {"sl_epochs": sl, "val_acc": 0.9})
-        assert sched.on_trial_result(None, short, {"sl_epochs": sl, "val_acc": 0.1}) == TrialScheduler.CONTINUE
-        assert sched.on_trial_result(None, other_fraction, {"sl_epochs": sl, "val_acc": 0.1}) == TrialScheduler.CONTINUE
-    same_budget = _Trial("d", e_sl=20)
-    sched.on_trial_add(None, same_budget)
-    assert sched.on_trial_result(None, same_budget, {"sl_epochs": 1, "val_acc": 0.1}) == TrialScheduler.STOP
+def test_searcher__a_failed_seed_is_left_out_of_the_mean_and_all_seeds_failed_is_an_error():
+    inner = _FakeInner()
+    s = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=3, budgets=[2], epoch_scale=1.0,
+                           num_samples=2, inner={1.0: inner}, metric="val_acc", mode="max", baselines=False)
+    trials, _ = _drain(s)
+    first, second = trials[0][0], trials[3][0]
+    s.on_trial_complete(trials[0][0], {"val_acc": 0.4})
+    s.on_trial_complete(trials[1][0], None, error=True)
+    assert inner.told == {}  # still waiting for the third seed
+    s.on_trial_complete(trials[2][0], {"val_acc": 0.8})
+    assert inner.told == {first: {"val_acc": pytest.approx(0.6)}}
+    for tid, _ in trials[3:]:
+        s.on_trial_complete(tid, None, error=True)
+    assert inner.told[second] is None  # the inner searcher hears of an error, not of a made-up value
+
+
+def test_searcher__trials_waiting_for_a_prefix_start_when_its_producer_fails():
+    s = ExperimentSearcher(get_space("paper"), fractions=[1.0], seeds=1, budgets=[4], epoch_scale=0.04,
+                           num_samples=1, inner=None, metric="val_acc", mode="max", share_ssl=True)
+    s.suggest("t0")
+    producer = s.suggest("t1")
+    assert (producer["method"], producer["e_ssl"]) == ("ssl_sl", 4)
+    i = 0
+    while s.suggest(f"u{i}") is not None:  # everything not waiting for t1's prefix starts
+        i += 1
+    blocked = [c for c in s.queue if c["e_ssl"] == 4]  # (others wait for the producers of their budgets)
+    assert blocked and all(c["rho"] < 1.0 for c in blocked)
+    s.on_trial_complete("t1", None, error=True)  # the producer died before storing anything
+    nxt = s.suggest("m0")  # one of them starts, and computes the prefix for the others in its turn
+    assert nxt is not None and nxt in blocked

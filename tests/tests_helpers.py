@@ -1,14 +1,22 @@
-"""Helpers shared by the search and tracking tests."""
+"""Helpers shared by the tests: the search CLI in-process, Ray's result files, processes ended by pid."""
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from tuning import search
 
 TINY = ["--dataset", "digits", "--model", "test", "--verbose", "0", "--cpus-per-trial", "1"]
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # for processes that must not see a GPU, whatever the machine has
 
 
 def run_search_cli(tmp_path, *argv):
-    """Run tuning/search.py in this process (on the session's Ray); returns (trial rows, printed output)."""
+    """Run tuning/search.py in this process (on the session's Ray); returns (trial rows, printed summary)."""
     parser = search.build_parser()
     args = parser.parse_args([*TINY, "--storage-path", str(tmp_path), *argv])
     search.validate(args, parser)
@@ -17,10 +25,88 @@ def run_search_cli(tmp_path, *argv):
 
 
 def trial_results(exp_dir: Path) -> dict[str, list[dict]]:
-    """Every trial's reported results, read from Ray's result.json files."""
+    """Every trial's reported results, read from Ray's result.json files.
+
+    Read while Ray writes them: a last line still being written is left out, not an error.
+    """
     out = {}
     for f in Path(exp_dir).glob("*/result.json"):
-        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        lines = []
+        for line in f.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
         if lines:
             out[lines[0]["trial_id"]] = lines
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_session(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    """Every process of the session `proc` leads (started with start_new_session=True), by pid."""
+    pids = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    for pid in [*pids, str(proc.pid)]:
+        try:
+            os.kill(int(pid), sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        kill_session(proc, signal.SIGKILL)
+
+
+class Processes:
+    """Processes a test starts, each leading its own session, all ended when the test ends (pass or fail)."""
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, cmd, log: Path | None = None, env: dict | None = None, **kw) -> subprocess.Popen:
+        out = open(log, "w") if log else subprocess.DEVNULL
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})}, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            kill_session(proc, signal.SIGTERM if proc.poll() is None else signal.SIGKILL)
+
+
+class MlflowServer:
+    """A real `mlflow server` on a loopback port with a sqlite backend, that a test may stop and start again."""
+
+    def __init__(self, root: Path, processes: Processes, port: int | None = None):
+        self.root, self.processes, self.port = Path(root), processes, port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 120) -> "MlflowServer":
+        self.proc = self.processes.start(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            log=self.root / f"server-{len(self.processes.procs)}.log", env={"MLFLOW_DISABLE_TELEMETRY": "true"})
+        deadline = time.time() + timeout
+        while not self.healthy():
+            if self.proc.poll() is not None or time.time() > deadline:
+                logs = "".join(p.read_text()[-2000:] for p in self.root.glob("server-*.log"))
+                raise RuntimeError(f"mlflow server did not start: {logs}")
+            time.sleep(0.5)
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            return urllib.request.urlopen(f"{self.uri}/health", timeout=2).read().strip() == b"OK"
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        kill_session(self.proc, signal.SIGKILL)

@@ -55,38 +55,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MixConfig:
     try:
-        cfg = MixConfig(method=args.method, e_ssl=args.e_ssl if args.e_ssl is not None else args.epochs,
-                        e_sl=args.e_sl if args.e_sl is not None else args.epochs, alpha=args.alpha,
-                        rho=args.rho, lam=args.lam, seed=args.seed, fraction=args.fraction,
-                        **common_config(args))
+        return MixConfig(method=args.method, e_ssl=args.e_ssl if args.e_ssl is not None else args.epochs,
+                         e_sl=args.e_sl if args.e_sl is not None else args.epochs, alpha=args.alpha,
+                         rho=args.rho, lam=args.lam, seed=args.seed, fraction=args.fraction, **common_config(args))
     except ConfigError as e:
         parser.error(config_error_message(e))
-    try:
-        engine = Engine(resolve(cfg))
-    except (MissingDataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    p = engine.plan
-    if args.checkpoint and args.checkpoint.exists():
-        engine.load_state_dict(torch.load(args.checkpoint, weights_only=True, map_location=engine.device))
-        log.info("resumed from %s after epoch %d", args.checkpoint, engine.epoch)
+
+
+def resume(engine: Engine, checkpoint: Path | None) -> None:
+    """Continue from `checkpoint` when it exists; ValueError when it holds another config's run."""
+    if checkpoint and checkpoint.exists():
+        engine.load_state_dict(torch.load(checkpoint, weights_only=True, map_location=engine.device))
+        log.info("resumed from %s after epoch %d", checkpoint, engine.epoch)
+
+
+def train_to_end(engine: Engine, checkpoint: Path | None) -> int:
+    """Train the remaining epochs, saving after each; print the test accuracy. The exit code."""
+    cfg, p = engine.cfg, engine.plan
     log.info("%s on %s: %d SSL-only, %d mix, %d SL-only epochs; model %s on %s",
              cfg.method, "+".join(cfg.datasets), p.ssl, p.mix, p.sl, engine.model_cfg, engine.device)
     try:
         while not engine.done:
-            m = engine.run_epoch()
-            log.info(format_epoch(m, p.total))
-            if args.checkpoint:
-                save_atomic(engine.state_dict(), args.checkpoint)
+            log.info(format_epoch(engine.run_epoch(), p.total))
+            if checkpoint:
+                save_atomic(engine.state_dict(), checkpoint)
     except KeyboardInterrupt:
-        hint = "rerun with the same --checkpoint to continue" if args.checkpoint else \
+        hint = "rerun with the same --checkpoint to continue" if checkpoint else \
             "pass --checkpoint PATH to be able to continue"
         print(f"\ninterrupted after epoch {engine.epoch}; {hint}", file=sys.stderr)
         return 130
@@ -97,6 +93,22 @@ def main(argv: list[str] | None = None) -> int:
     per_task = " ".join(f"test_{k}={v:.3f}" for k, v in test.items() if "/" in k and len(cfg.datasets) > 1)
     print(f"test_acc={test['acc']:.3f} train_time_s={engine.train_time_s:.1f}" + (f" {per_task}" if per_task else ""))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = config_from(args, parser)
+    try:
+        engine = Engine(resolve(cfg))
+        resume(engine, args.checkpoint)
+    except (MissingDataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return train_to_end(engine, args.checkpoint)
 
 
 if __name__ == "__main__":

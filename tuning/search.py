@@ -258,9 +258,15 @@ class Outcome:
 
 def prepare(args: argparse.Namespace) -> argparse.Namespace:
     """The settings to run: the saved ones on --resume; a new experiment must not exist yet."""
+    folder = experiment_folder(args.storage_path, args.name)
     if args.resume:
-        return load_args(args)
-    if experiment_folder(args.storage_path, args.name).exists():
+        args = load_args(args)
+        if not args.no_mlflow and not folder.exists(PARENT_FILE):
+            raise UsageError(f"experiment {args.name!r} was tracked in MLflow, but {folder.path(PARENT_FILE)}, which "
+                             f"names its parent run, is missing: restore it (it holds the id of the run named "
+                             f"{args.name!r} in experiment {args.experiment!r}) to continue the same runs")
+        return args
+    if folder.exists():
         raise UsageError(f"experiment {args.name!r} already exists under {storage.absolute(args.storage_path)}: "
                          f"pass --resume to continue it, or another --name")
     args = argparse.Namespace(**vars(args))
