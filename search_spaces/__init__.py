@@ -28,6 +28,14 @@ SPACES: dict[str, dict[str, Any]] = {
         EPOCHS: tune.choice([50, 75, 100]),
         "lam": tune.choice([0.25, 0.5, 0.75]),
     },
+    # The paper's main protocol (Sec. 3.1, Table 1): one configuration, every seed to the end
+    # (tuning/search.py runs it as a grid with no early stopping), against SL and SSL+SL.
+    "table1": {
+        "alpha": 0.5,
+        "rho": 0.5,
+        EPOCHS: 100,
+        "lam": 0.5,
+    },
     # For Optuna's TPE: alpha, rho, lam continuous in [0, 1]; the paper's epoch budgets.
     "continuous": {
         "alpha": tune.uniform(0.0, 1.0),
@@ -68,7 +76,7 @@ def get_space(name: str, different_ssl_data: bool = False) -> dict[str, Any]:
         raise ValueError(f"unknown search space {name!r}; choose one of {', '.join(SPACES)}")
     space = dict(SPACES[name])
     check_space(space)
-    if not different_ssl_data and "lam" in space:
+    if not different_ssl_data and isinstance(space.get("lam"), Domain):
         space["lam"] = 0.5  # no effect when D_mix = D_sl (Sec. 2.2.2)
     return space
 

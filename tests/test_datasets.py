@@ -10,6 +10,9 @@ import scipy.io
 import torch
 from PIL import Image
 
+from torchvision.datasets.utils import calculate_md5
+
+from trainable import datasets
 from trainable.datasets import BUNDLED, DATASETS, ImageSet, MissingDataError, load_dataset
 
 RNG = np.random.default_rng(0)
@@ -57,6 +60,11 @@ def test_load_dataset__bundled_split_is_the_same_on_every_load(bundled):
 # --- cifar10, cifar100, svhn ----------------------------------------------------------
 
 
+def publish_checksums(monkeypatch, name, folder):
+    """Make the files a test wrote the "published" ones: their MD5s replace the real ones (CHECKSUMS)."""
+    monkeypatch.setitem(datasets.CHECKSUMS, name, {f: calculate_md5(str(folder / f)) for f in datasets.CHECKSUMS[name]})
+
+
 def write_cifar(root, folder, batches, label_key, meta_name, meta_key):
     """Write pickled batches like the real ones; returns {batch name: (data rows, labels)}."""
     os.makedirs(root / folder)
@@ -73,9 +81,10 @@ def write_cifar(root, folder, batches, label_key, meta_name, meta_key):
     return written
 
 
-def test_load_dataset__cifar10_parses_the_real_batch_layout_into_nchw(tmp_path):
+def test_load_dataset__cifar10_parses_the_real_batch_layout_into_nchw(tmp_path, monkeypatch):
     batches = {f"data_batch_{i}": 4 for i in range(1, 6)} | {"test_batch": 10}
     written = write_cifar(tmp_path, "cifar-10-batches-py", batches, "labels", "batches.meta", "label_names")
+    publish_checksums(monkeypatch, "cifar10", tmp_path / "cifar-10-batches-py")
 
     data = load_dataset("cifar10", tmp_path)
 
@@ -89,10 +98,11 @@ def test_load_dataset__cifar10_parses_the_real_batch_layout_into_nchw(tmp_path):
     assert data.flip
 
 
-def test_load_dataset__cifar100_reads_fine_labels(tmp_path):
+def test_load_dataset__cifar100_reads_fine_labels(tmp_path, monkeypatch):
     written = write_cifar(
         tmp_path, "cifar-100-python", {"train": 20, "test": 10}, "fine_labels", "meta", "fine_label_names"
     )
+    publish_checksums(monkeypatch, "cifar100", tmp_path / "cifar-100-python")
 
     data = load_dataset("cifar100", tmp_path)
 
@@ -102,14 +112,20 @@ def test_load_dataset__cifar100_reads_fine_labels(tmp_path):
     assert data.test_labels.tolist() == written["test"][1]
 
 
-def test_load_dataset__svhn_reads_mat_files_and_maps_label_10_to_digit_0(tmp_path):
+def write_svhn(root):
     written = {}
     for split, count in (("train", 20), ("test", 10)):
         images = RNG.integers(0, 256, (32, 32, 3, count), dtype=np.uint8)  # (H, W, C, N) as in MATLAB
         labels = np.arange(count) % 10 + 1  # 1..10, 10 meaning the digit 0
         mat = {"X": images, "y": labels[:, None].astype(np.uint8)}
-        scipy.io.savemat(tmp_path / f"{split}_32x32.mat", mat)
+        scipy.io.savemat(root / f"{split}_32x32.mat", mat)
         written[split] = (images, labels)
+    return written
+
+
+def test_load_dataset__svhn_reads_mat_files_and_maps_label_10_to_digit_0(tmp_path, monkeypatch):
+    written = write_svhn(tmp_path)
+    publish_checksums(monkeypatch, "svhn", tmp_path)
 
     data = load_dataset("svhn", tmp_path)
 
@@ -118,7 +134,31 @@ def test_load_dataset__svhn_reads_mat_files_and_maps_label_10_to_digit_0(tmp_pat
         ours = getattr(data, f"{split}_images").numpy()
         assert np.array_equal(ours, images.transpose(3, 2, 0, 1))  # [n, c, h, w] == X[h, w, c, n]
         assert getattr(data, f"{split}_labels").tolist() == (labels % 10).tolist()
-    assert not data.flip
+    assert data.flip  # App. A.3: the same crop and flip as CIFAR
+
+
+@pytest.mark.parametrize("name", ["cifar10", "svhn"])
+def test_load_dataset__a_file_that_fails_its_published_checksum_is_never_opened(tmp_path, monkeypatch, name):
+    if name == "svhn":
+        write_svhn(tmp_path)
+        folder, victim = tmp_path, "test_32x32.mat"
+    else:
+        batches = {f"data_batch_{i}": 4 for i in range(1, 6)} | {"test_batch": 10}
+        write_cifar(tmp_path, "cifar-10-batches-py", batches, "labels", "batches.meta", "label_names")
+        folder, victim = tmp_path / "cifar-10-batches-py", "data_batch_3"
+    publish_checksums(monkeypatch, name, folder)
+    with open(folder / victim, "r+b") as f:  # tampered after publication
+        f.seek(100)
+        f.write(b"X")
+    with pytest.raises(MissingDataError, match=f"{victim} under .* failed the published MD5 checksum") as raised:
+        load_dataset(name, tmp_path)
+    assert "Delete them" in str(raised.value)
+
+
+def test_checksums__are_torchvisions_published_ones():
+    from torchvision.datasets import CIFAR10, SVHN
+    assert datasets.CHECKSUMS["cifar10"]["data_batch_1"] == dict(CIFAR10.train_list)["data_batch_1"]
+    assert datasets.CHECKSUMS["svhn"]["train_32x32.mat"] == SVHN.split_list["train"][2]
 
 
 # --- tinyimagenet ------------------------------------------------------------------------

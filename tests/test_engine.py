@@ -46,7 +46,7 @@ def _run(engine, epochs=None):
 def test_mix_step__one_encoder_pass_and_loss_is_alpha_weighted_sum_of_its_parts():
     model, x, ys = _model_and_batch()
     calls = _count_encoder_calls(model)
-    loss, parts, _ = mix_step(model, x, ys, 0.3, 0.75, generator(7))
+    loss, parts = mix_step(model, x, ys, 0.3, 0.75, generator(7))
     assert len(calls) == 1
     assert len(calls[0]) == 1, "the merged step encodes all tokens (no ids_keep)"
     assert loss.item() == pytest.approx(0.3 * parts["loss_ssl"].item() + 0.7 * parts["loss_sl"].item(), rel=1e-6)
@@ -61,7 +61,7 @@ def test_mix_step__one_encoder_pass_and_loss_is_alpha_weighted_sum_of_its_parts(
 def test_separate_mix_step__two_encoder_passes_with_the_same_weighting():
     model, x, ys = _model_and_batch()
     calls = _count_encoder_calls(model)
-    loss, parts, _ = separate_mix_step(model, x, ys, 0.5, 0.75, generator(0))
+    loss, parts = separate_mix_step(model, x, ys, 0.5, 0.75, generator(0))
     assert len(calls) == 2
     assert loss.item() == pytest.approx(0.5 * parts["loss_ssl"].item() + 0.5 * parts["loss_sl"].item(), rel=1e-6)
 
@@ -127,7 +127,7 @@ def test_engine__metrics_per_phase(digits_data):
     assert {"loss_ssl", "loss_sl", "val_acc", "val_acc/digits"} <= set(metrics[1])
     assert "loss_ssl" not in metrics[2] and 0.0 <= metrics[2]["val_acc"] <= 1.0
     assert metrics[-1]["done"] and not metrics[0]["done"]
-    assert metrics[0]["compute_gtok"] < metrics[1]["compute_gtok"] < metrics[2]["compute_gtok"]
+    assert metrics[0]["compute_tflop"] < metrics[1]["compute_tflop"] < metrics[2]["compute_tflop"]
     assert metrics[2]["train_time_s"] == pytest.approx(sum(m["epoch_time_s"] for m in metrics))
 
 
@@ -270,5 +270,5 @@ def test_engine__separate_mix_step_encodes_twice_per_mix_batch_and_trains_differ
     m_sep, m_mer = separate.run_epoch(), merged.run_epoch()
     steps = len(digits_data.sl_batches(cfg.batch_size, generator(0)))
     assert len(calls) == 2 * steps
-    assert m_sep["compute_gtok"] > m_mer["compute_gtok"]
+    assert m_sep["compute_tflop"] > m_mer["compute_tflop"]
     assert m_sep["loss_ssl"] != m_mer["loss_ssl"]

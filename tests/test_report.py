@@ -19,7 +19,7 @@ def test_report__statistics_rebuilt_from_the_server_match_the_runs_metrics(track
     assert sl["test_acc_mean"] == pytest.approx(statistics.mean(accs))
     assert sl["test_acc_std"] == pytest.approx(statistics.stdev(accs))
     assert sl["seeds"] == 2
-    assert (tmp_path / "accuracy_vs_time.png").stat().st_size > 1000
+    assert (tmp_path / "accuracy_vs_cost.png").stat().st_size > 1000
 
 
 def test_report__parent_run_option_reads_one_search_only(tracked_search, mlflow_server, tmp_path, capsys):

@@ -1,4 +1,5 @@
 """`tuning/search.py` end to end on one session-wide Ray instance: tiny model, bundled digits."""
+import hashlib
 import json
 import os
 import shutil
@@ -60,11 +61,11 @@ def test_search__pareto_objective_prints_the_non_dominated_configurations(asha_s
     section = out.split("== Pareto front (validation accuracy vs compute) ==")[1].strip().splitlines()
     front = [line for line in section[:next(i for i, x in enumerate(section) if x.startswith(("SSL-prefix", "trials:")))]]
     fin = df[df["completed"]].groupby(["method", "epochs", "alpha", "rho"]).agg(
-        val_acc=("val_acc", "mean"), compute_gtok=("compute_gtok", "mean")).reset_index()
-    expected = fin[[not ((fin["val_acc"] >= a) & (fin["compute_gtok"] <= c) & ((fin["val_acc"] > a) |
-                    (fin["compute_gtok"] < c))).any() for a, c in zip(fin["val_acc"], fin["compute_gtok"])]]
+        val_acc=("val_acc", "mean"), compute_tflop=("compute_tflop", "mean")).reset_index()
+    expected = fin[[not ((fin["val_acc"] >= a) & (fin["compute_tflop"] <= c) & ((fin["val_acc"] > a) |
+                    (fin["compute_tflop"] < c))).any() for a, c in zip(fin["val_acc"], fin["compute_tflop"])]]
     assert 1 <= len(expected) == len(front) - 1  # a header line, then one line per configuration
-    assert pareto_mask(fin["val_acc"], fin["compute_gtok"]) == [i in expected.index for i in fin.index]
+    assert pareto_mask(fin["val_acc"], fin["compute_tflop"]) == [i in expected.index for i in fin.index]
 
 
 def test_search__tracked_in_the_default_embedded_store_with_the_table_saved(asha_search):
@@ -109,10 +110,11 @@ def test_search__grid_over_paper_space_runs_each_combination_once_plus_baselines
 
 
 def test_search__trials_take_datasets_from_the_object_store_not_from_data_dir(ray_cluster, tmp_path, monkeypatch):
-    from test_datasets import write_cifar
+    from test_datasets import publish_checksums, write_cifar
     data_dir = tmp_path / "data"
     write_cifar(data_dir, "cifar-10-batches-py", {f"data_batch_{i}": 8 for i in range(1, 6)} | {"test_batch": 8},
                 "labels", "batches.meta", "label_names")
+    publish_checksums(monkeypatch, "cifar10", data_dir / "cifar-10-batches-py")
     loads = []
 
     def load_then_delete(name, where, download=False):
@@ -130,7 +132,11 @@ def test_search__trials_take_datasets_from_the_object_store_not_from_data_dir(ra
     assert df["test_acc"].between(0, 1).all()
 
 
-def test_search__resumes_after_the_driver_is_killed_without_rerunning_or_duplicating(
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).digest() for p in root.rglob("*") if p.is_file()}
+
+
+def test_search__resumes_after_the_driver_is_killed_at_a_new_location_without_rerunning_or_duplicating(
         ray_cluster, mlflow_server, tmp_path, processes):
     name = "killed"
     cmd = [sys.executable, str(REPO / "tuning" / "search.py"), *TINY, "--space", "smoke", "--name", name,
@@ -150,10 +156,15 @@ def test_search__resumes_after_the_driver_is_killed_without_rerunning_or_duplica
     finished_before = {t: len(rs) for t, rs in before.items() if rs[-1].get("done")}
     assert len(before) < 6 or len(finished_before) < 6, "killed too late to test anything"
 
-    parser = search.build_parser()
-    args = parser.parse_args(["--resume", "--name", name, "--storage-path", str(tmp_path), "--verbose", "0"])
-    df = search.run(args).df
+    # The experiment is moved (say, to a bigger disk) and resumed there; its old copy must stay as it was.
+    moved = tmp_path / "moved"
+    shutil.copytree(exp, moved / name)
+    old = _tree(exp)
+    argv = ["--resume", "--name", name, "--storage-path", str(moved), "--verbose", "0"]
+    df = search.run(search.build_parser().parse_args(argv), search.given_flags(argv)).df
     assert len(df) == 6 and df["completed"].all() and df["error"].isna().all()
+    assert _tree(exp) == old, "the resumed search touched the experiment's old location"
+    exp = moved / name
     after = trial_results(exp)
     assert len(after) == 6
     for t, n in finished_before.items():
@@ -216,7 +227,7 @@ def test_search__impossible_resource_request_fails_fast(ray_cluster, tmp_path, c
 
 @pytest.mark.parametrize("argv, message", [
     (["--space", "nope"],
-     "argument --space: invalid choice: 'nope' (choose from 'paper', 'continuous', 'pbt', 'smoke')"),
+     "argument --space: invalid choice: 'nope' (choose from 'paper', 'table1', 'continuous', 'pbt', 'smoke')"),
     (["--search", "bayes"], "argument --search: invalid choice: 'bayes'"),
     (["--scheduler", "hyperband"], "argument --scheduler: invalid choice"),
     (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),
@@ -245,31 +256,80 @@ def test_search__resume_of_an_experiment_saved_before_a_flag_existed_uses_its_de
     saved = json.loads((tmp_path / "old" / search.ARGS_FILE).read_text())
     del saved["amp"]  # as written by a version without --amp
     (tmp_path / "old" / search.ARGS_FILE).write_text(json.dumps(saved))
-    args = search.load_args(search.build_parser().parse_args(
-        ["--resume", "--name", "old", "--storage-path", str(tmp_path), "--amp", "on"]))
-    # The default, which the experiment's checkpoints recorded, not what the resume command says.
+    argv = ["--resume", "--name", "old", "--storage-path", str(tmp_path)]
+    args = search.load_args(search.build_parser().parse_args(argv), search.given_flags(argv))
+    # The default, which the experiment's checkpoints recorded.
     assert args.amp == "auto" and args.resume and args.name == "old"
+    with pytest.raises(search.UsageError, match=r"--amp on \(it ran with auto\)"):
+        search.load_args(search.build_parser().parse_args([*argv, "--amp", "on"]), search.given_flags([*argv, "--amp",
+                                                                                                     "on"]))
 
 
 def _saved_experiment(tmp_path, name, *argv):
     """An experiment folder as a started search leaves it: its settings file (and nothing of Ray's yet)."""
-    saved = vars(search.build_parser().parse_args(["--name", name, "--storage-path", str(tmp_path), *argv]))
+    saved = vars(search.build_parser().parse_args([*TINY, "--space", "smoke", "--name", name, "--storage-path",
+                                                   str(tmp_path), *argv]))
     (tmp_path / name).mkdir()
     (tmp_path / name / search.ARGS_FILE).write_text(json.dumps(saved))
 
 
+def _snapshot(tmp_path, name):
+    (tmp_path / name / "experiment_state-2026-11-30_00-00-00.json").write_text("{}")  # as Tune's first snapshot
+
+
 @pytest.mark.parametrize("setup, argv, message", [
     (None, ["--resume", "--name", "nothere"], "no experiment 'nothere' under"),
-    ("exists", ["--name", "exists"], "experiment 'exists' already exists under"),
-    ("exists", ["--resume", "--name", "exists"], "mlflow_parent_run.txt, which names its parent run, is missing"),
+    ("snapshotted", ["--name", "exists"], "experiment 'exists' already exists under"),
+    ("saved", ["--resume", "--name", "exists"], "mlflow_parent_run.txt, which names its parent run, is missing"),
+    ("snapshotted", ["--resume", "--name", "exists", "--no-mlflow", "--seeds", "3", "--model", "tiny"],
+     "these flags would change what its trials compute: --model tiny (it ran with test); --seeds 3 (it ran with 1)"),
+    ("locked", ["--resume", "--name", "exists"], "experiment 'exists' is being run by another driver (pid"),
 ])
 def test_search__resume_and_name_errors_exit_2_with_a_message(tmp_path, capsys, setup, argv, message):
     if setup:
-        _saved_experiment(tmp_path, setup)
+        _saved_experiment(tmp_path, "exists", *(["--no-mlflow"] if "--no-mlflow" in argv else []))
+    if setup == "snapshotted":
+        _snapshot(tmp_path, "exists")
+    if setup == "locked":
+        from trainable import storage
+        held = storage.DriverLock(storage.Folder(str(tmp_path / "exists"))).acquire()
     rc = search.main([*TINY, "--space", "smoke", "--storage-path", str(tmp_path), *argv])
+    if setup == "locked":
+        held.release()
     assert rc == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_search__resume_takes_the_flags_that_may_change_and_refuses_the_others(tmp_path):
+    _saved_experiment(tmp_path, "exp", "--seeds", "2")
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "exp", moved / "exp")
+    given = ["--resume", "--name", "exp", "--storage-path", str(moved), "--max-failures", "7", "--max-concurrent",
+             "3", "--mlflow-uri", "http://127.0.0.1:1", "--seeds", "2"]  # --seeds as it ran: no change
+    args = search.load_args(search.build_parser().parse_args(given), search.given_flags(given))
+    assert (args.storage_path, args.max_failures, args.max_concurrent, args.mlflow_uri, args.seeds, args.space) == \
+           (str(moved), 7, 3, "http://127.0.0.1:1", 2, "smoke")
+    refused = [*given, "--epoch-scale", "0.5", "--dataset", "mnist"]
+    with pytest.raises(search.UsageError, match=r"--dataset mnist \(it ran with digits\); --epoch-scale 0.5 "
+                                                r"\(it ran with 1.0\)"):
+        search.load_args(search.build_parser().parse_args(refused), search.given_flags(refused))
+
+
+def test_search__an_experiment_stopped_before_its_first_snapshot_is_started_afresh(tmp_path):
+    from trainable import storage
+    _saved_experiment(tmp_path, "early", "--no-mlflow")
+    (tmp_path / "early" / "tuner.pkl").write_bytes(b"junk")
+    (tmp_path / "early" / "MixTrainable_abc").mkdir()
+    (tmp_path / "early" / "ssl_prefixes").mkdir()
+    folder = storage.Folder(str(tmp_path / "early"))
+    argv = ["--resume", "--name", "early", "--storage-path", str(tmp_path)]
+    args, restore = search.prepare(search.build_parser().parse_args(argv), folder, search.given_flags(argv))
+    assert args.resume and not restore  # nothing of Tune's to restore: a fresh start with the saved settings
+    assert sorted(p.name for p in (tmp_path / "early").iterdir()) == [search.ARGS_FILE, "ssl_prefixes"]
+    argv = ["--name", "early", "--storage-path", str(tmp_path), "--no-mlflow", "--seeds", "3"]
+    args, restore = search.prepare(search.build_parser().parse_args(argv), folder)  # or started again
+    assert not restore and args.seeds == 3
 
 
 def test_search__all_trials_failing_in_setup_ends_with_exit_code_1_and_says_so(ray_cluster, tmp_path, capsys):
@@ -279,3 +339,37 @@ def test_search__all_trials_failing_in_setup_ends_with_exit_code_1_and_says_so(r
     assert code == 1
     captured = capsys.readouterr()
     assert "all 3 trials failed" in captured.err and "trials: 3 (0 stopped early by the scheduler, 3 failed)" in captured.out
+
+
+def test_search__a_run_stopped_before_its_first_snapshot_with_truncated_prefixes_resumes_to_the_same_results(
+        ray_cluster, tracked_search, tmp_path):
+    from trainable.config import MixConfig, resolve
+    from trainable.prefix_store import decode, encode, prefix_key
+    # The settings of the tracked search (which shared whole prefixes), without tracking.
+    argv = [*TINY, "--space", "smoke", "--name", "crashed", "--num-samples", "2", "--scheduler", "fifo", "--seeds", "2",
+            "--no-mlflow", "--storage-path", str(tmp_path)]
+    args = search.build_parser().parse_args(argv)
+    # What a driver killed before Tune's first snapshot leaves: its settings and a junk tuner.pkl; and in the
+    # prefix store, every prefix the search will look for, truncated (a crash, a full disk).
+    (tmp_path / "crashed").mkdir()
+    (tmp_path / "crashed" / search.ARGS_FILE).write_text(json.dumps(vars(args)))
+    (tmp_path / "crashed" / "tuner.pkl").write_bytes(b"junk")
+    base = search.base_config(args)
+    for seed in (0, 1):
+        run = resolve(MixConfig.from_trial({**base, "method": "ssl_sl", "e_ssl": 2, "e_sl": 2, "seed": seed}))
+        folder = tmp_path / "crashed" / "ssl_prefixes" / prefix_key(run, "cpu")
+        folder.mkdir(parents=True)
+        for epoch in (1, 2):
+            (folder / f"epoch_{epoch:05d}.pt").write_bytes(encode({"epoch": epoch})[:40])
+    resume = ["--resume", "--name", "crashed", "--storage-path", str(tmp_path), "--verbose", "0"]
+    df = search.run(search.build_parser().parse_args(resume), search.given_flags(resume)).df
+    assert len(df) == 8 and df["error"].isna().all() and df["completed"].all()
+    stored = list((tmp_path / "crashed" / "ssl_prefixes").rglob("epoch_*.pt"))
+    assert len(stored) == 4  # two keys x two epochs, each discarded and stored again, whole
+    for f in stored:
+        decode(f.read_bytes(), "cpu")
+    reference = tracked_search[0]
+    key = ["method", "seed", "alpha", "rho", "epochs"]
+    ours = df.set_index(key)["test_acc"].sort_index()
+    theirs = reference.set_index(key)["test_acc"].sort_index()
+    assert ours.index.equals(theirs.index) and (ours == theirs).all()

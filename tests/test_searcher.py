@@ -9,10 +9,16 @@ from tuning.searcher import GROUP, ExperimentSearcher
 BASE = MixConfig(datasets=("digits",), model="test").to_dict()
 
 
-def _drain(searcher, prefix="t"):
+def _drain(searcher, prefix="t", finish=False):
+    """Every suggestion until the searcher waits (None) or is done; with finish, the waiting trials end
+    (completed, val_acc 0.5) whenever it waits, until it is done."""
     out, i = [], 0
     while True:
         cfg = searcher.suggest(f"{prefix}{i}")
+        if cfg is None and finish and searcher.live:
+            for tid in list(searcher.live):
+                searcher.on_trial_complete(tid, {"val_acc": 0.5, "completed": True})
+            continue
         if cfg in (None, Searcher.FINISHED):
             return out, cfg
         out.append((f"{prefix}{i}", cfg))
@@ -24,7 +30,7 @@ def test_grid__one_trial_per_combination_and_seed_plus_baselines_once_per_budget
     s = ExperimentSearcher(space, fractions=[0.5, 1.0], seeds=2, budgets=[2, 3, 4], epoch_scale=0.04,
                            num_samples=1, inner=None, metric="val_acc", mode="max")
     expected = s.total_trials
-    trials, end = _drain(s)
+    trials, end = _drain(s, finish=True)
     assert end == Searcher.FINISHED and len(trials) == expected
     configs = [c for _, c in trials]
     base = [c for c in configs if c["method"] != "mixtraining"]
@@ -59,7 +65,7 @@ def test_optuna_style__each_proposal_runs_over_all_seeds_and_the_searcher_learns
                            num_samples=2, inner={1.0: inner}, metric="val_acc", mode="max", baselines=False)
     assert s.total_trials == 6
     trials, end = _drain(s)
-    assert end == Searcher.FINISHED and len(trials) == 6
+    assert end is None and len(trials) == 6  # waits for its trials' results before it can be done
     assert [c["seed"] for _, c in trials] == [0, 1, 2, 0, 1, 2]
     group = trials[0][0]
     assert all(c[GROUP] == group and c["alpha"] == 0.1 for _, c in trials[:3])
@@ -147,3 +153,47 @@ def test_searcher__trials_waiting_for_a_prefix_start_when_its_producer_fails():
     s.on_trial_complete("t1", None, error=True)  # the producer died before storing anything
     nxt = s.suggest("m0")  # one of them starts, and computes the prefix for the others in its turn
     assert nxt is not None and nxt in blocked
+
+
+def test_searcher__the_chosen_configuration_is_completed_on_the_seeds_the_scheduler_stopped():
+    s = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=2, budgets=[2], epoch_scale=1.0,
+                           num_samples=1, inner=None, metric="val_acc", mode="max", baselines=False)
+    trials, end = _drain(s)
+    assert end is None and len(trials) == 8  # 4 grid points x 2 seeds, all running
+    by_config = {}
+    for tid, c in trials:
+        by_config.setdefault((c["alpha"], c["rho"]), {})[c["seed"]] = tid
+    best = by_config[(0.9, 0.5)]
+    s.on_trial_complete(best[0], {"val_acc": 0.9, "completed": True})
+    s.on_trial_complete(best[1], {"val_acc": 0.2, "completed": False})  # stopped early by ASHA
+    for (alpha, rho), seeds in by_config.items():
+        if (alpha, rho) != (0.9, 0.5):
+            for seed, tid in seeds.items():
+                s.on_trial_complete(tid, {"val_acc": 0.6, "completed": True})
+    completion = s.suggest("c0")
+    assert (completion["alpha"], completion["rho"], completion["seed"], completion["_completion"]) == (0.9, 0.5, 1, True)
+    group = next(c["_group"] for _, c in trials if (c["alpha"], c["rho"]) == (0.9, 0.5))
+    assert completion["_group"] == group
+    assert s.suggest("c1") is None  # waits for the completion
+    s.on_trial_complete("c0", {"val_acc": 0.5, "completed": True})
+    assert s.suggest("c2") == Searcher.FINISHED
+
+
+def test_searcher__without_completion_or_with_nothing_stopped_it_finishes_when_the_trials_end():
+    for complete, completed in ((False, False), (True, True)):
+        s = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=2, budgets=[2], epoch_scale=1.0,
+                               num_samples=1, inner=None, metric="val_acc", mode="max", baselines=False,
+                               complete=complete)
+        trials, _ = _drain(s)
+        for i, (tid, _) in enumerate(trials):
+            s.on_trial_complete(tid, {"val_acc": i / 10, "completed": completed or i % 2 == 0})
+        assert s.suggest("x") == Searcher.FINISHED
+
+
+def test_searcher__never_more_trials_at_once_than_max_concurrent():
+    s = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=2, budgets=[2], epoch_scale=1.0,
+                           num_samples=1, inner=None, metric="val_acc", mode="max", max_concurrent=3)
+    first, _ = _drain(s)
+    assert len(first) == 3 and s.suggest("waiting") is None
+    s.on_trial_complete(first[0][0], {"val_acc": 0.5, "completed": True})
+    assert s.suggest("next") is not None and s.suggest("more") is None

@@ -69,7 +69,7 @@ def test_tracking__per_epoch_metric_histories_and_test_accuracy(tracked_search):
         assert 0 <= reused <= n_ssl
         hist = lambda key: [m.step for m in c.get_metric_history(r.info.run_id, key)]  # noqa: E731
         assert hist("train_time_s") == list(range(reused + 1, total + 1))
-        assert hist("compute_gtok") == list(range(reused + 1, total + 1))
+        assert hist("compute_tflop") == list(range(reused + 1, total + 1))
         assert hist("val_acc") == list(range(n_ssl + 1, total + 1))  # only once the classifier trained
         assert hist("loss_ssl") == list(range(reused + 1, n_ssl + n_mix + 1))
         phases = [m.value for m in c.get_metric_history(r.info.run_id, "phase")]
@@ -84,7 +84,7 @@ def test_tracking__reconstructions_on_trials_with_a_decoder_and_parent_artifacts
         has = "reconstruction.png" in _artifacts(c, r.info.run_id)
         assert has == (r.data.tags["method"] != "sl"), r.data.tags["method"]
     arts = set(_artifacts(c, parent[0].info.run_id))
-    assert {"comparison.csv", "comparison.md", "accuracy_vs_time.png", "best_model/engine.pt",
+    assert {"comparison.csv", "comparison.md", "accuracy_vs_cost.png", "best_model/engine.pt",
             "best_model/config.json"} <= arts
 
 

@@ -59,8 +59,9 @@ def test_train__a_checkpoint_of_another_config_is_refused_with_a_message(tmp_pat
 
 
 @pytest.mark.parametrize("argv, code, message", [
-    (["--alpha", "2"], 2, "--alpha: must be in [0, 1], got 2.0"),
-    (["--epochs", "-1"], 2, "--e-ssl (or --epochs): must be an integer >= 0"),
+    (["--alpha", "2"], 2, "argument --alpha: must be in [0, 1], got 2"),
+    (["--dataset", "digits", "mnist", "--ssl-dataset", "digits"], 2,
+     "--ssl-dataset: 'digits' is one of the supervised datasets"),
     (["--dataset", "cifar10", "--data-dir", "/nonexistent"], 2, "Dataset 'cifar10': missing"),
     (["--sl-lr", "1e30", "--method", "sl", "--epochs", "1"], 1, "non-finite loss in epoch 1"),
 ])

@@ -76,6 +76,8 @@ class MixConfig:
     compile: str = _field("auto", SSL)  # torch.compile of the encoder: auto | on | off
     fused_adamw: str = _field("auto", SSL)  # fused AdamW kernel: auto | on | off
     sdpa: str = _field("on", SSL)  # PyTorch scaled-dot-product attention in every block (timm's fused_attn): on | off
+    # PyTorch's deterministic algorithms on CUDA (exact resume and prefix sharing there); the CPU is exact anyway.
+    deterministic: bool = _field(False, SSL)
 
     def __post_init__(self):
         if isinstance(self.datasets, (list, str)):
@@ -99,6 +101,7 @@ class MixConfig:
         for name in ("amp", "compile", "fused_adamw"):
             _check_choice(name, getattr(self, name), SWITCHES)
         _check_choice("sdpa", self.sdpa, ("on", "off"))
+        _check_choice("deterministic", self.deterministic, (False, True))
         self._check_numbers()
 
     def _check_numbers(self) -> None:
@@ -136,9 +139,29 @@ class MixConfig:
         return cls(**d)
 
     @classmethod
+    def from_strings(cls, d: Mapping[str, Any]) -> "MixConfig":
+        """A config from values that may be strings, as MLflow stores parameters ("digits,mnist", "None")."""
+        return cls.from_dict({k: _parse(cls.__dataclass_fields__[k].type, v) if isinstance(v, str) else v
+                              for k, v in d.items()})
+
+    @classmethod
     def from_trial(cls, config: Mapping[str, Any]) -> "MixConfig":
         """A trial's config: config fields plus bookkeeping keys that start with '_' (ignored here)."""
         return cls.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
+
+
+def _parse(kind: str, text: str) -> Any:
+    """A field's value from its string form; `kind` is the field's annotation as written."""
+    if "None" in kind and text == "None":
+        return None
+    if kind.startswith("tuple"):
+        return tuple(text.split(","))
+    if kind == "bool":
+        return text in ("True", "true", "1")
+    for name, convert in (("int", int), ("float", float)):
+        if kind.startswith(name):
+            return convert(text)
+    return text
 
 
 class ConfigError(ValueError):
@@ -147,6 +170,9 @@ class ConfigError(ValueError):
     def __init__(self, field: str, reason: str):
         super().__init__(f"{field}: {reason}")
         self.field, self.reason = field, reason
+
+    def __reduce__(self):  # travels between Ray processes
+        return ConfigError, (self.field, self.reason)
 
 
 def field_names() -> tuple[str, ...]:
@@ -245,7 +271,9 @@ def optim_settings(cfg: MixConfig, kind: str) -> OptimSettings:
     """
     if kind not in ("ssl", "sl"):
         raise ValueError(f"kind: expected 'ssl' or 'sl', got {kind!r}")
-    tin = "tinyimagenet" in cfg.datasets or cfg.ssl_dataset == "tinyimagenet"
+    # Each optimiser follows the data it trains on: SSL the SSL images, SL the supervised datasets.
+    trained_on = cfg.datasets if kind == "sl" or cfg.ssl_dataset is None else (cfg.ssl_dataset,)
+    tin = "tinyimagenet" in trained_on
     given = [getattr(cfg, f"{kind}_{name}") for name in ("lr", "beta2", "weight_decay")]
     lr, beta2, wd = (v if v is not None else d for v, d in zip(given, _OPTIM_DEFAULTS[kind, tin]))
     p = plan(cfg)
@@ -253,6 +281,11 @@ def optim_settings(cfg: MixConfig, kind: str) -> OptimSettings:
     warmup = cfg.ssl_warmup if kind == "ssl" else cfg.sl_warmup
     # MAE's rule: lr = base_lr * batch_size / 256
     return OptimSettings(lr * cfg.batch_size / 256, (0.9, beta2), wd, warmup * epochs, epochs)
+
+
+def resolve_optim(cfg: MixConfig) -> tuple[float, float]:
+    """The absolute learning rates (SSL, SL) the config trains with."""
+    return optim_settings(cfg, "ssl").lr, optim_settings(cfg, "sl").lr
 
 
 def resolve_device(name: str) -> torch.device:

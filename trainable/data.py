@@ -171,9 +171,9 @@ def build_training_data(sets: Sequence[ImageSet], ssl_set: ImageSet | None, frac
     if ssl_set is None:
         ssl = tasks[0].train.images if len(tasks) == 1 else torch.cat([t.train.images for t in tasks])
         return TrainingData(tasks, ssl, all(t.flip for t in tasks), True)
-    # A different SSL dataset has no labels to hold out; it is subset by the same fraction.
-    sub = stratified_subset(ssl_set.train_labels, fraction, generator(stream_seed(seed, "ssl_pool", 0)))
-    ssl = to_input_shape(ssl_set.train_images[sub], img_size).to(device)
+    # A different SSL dataset is unlabelled data: used in full (Sec. 3.2.2), whatever fraction of
+    # labelled data the supervised task gets.
+    ssl = to_input_shape(ssl_set.train_images, img_size).to(device)
     return TrainingData(tasks, ssl, ssl_set.flip, False)
 
 

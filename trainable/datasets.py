@@ -150,16 +150,40 @@ def _load_bundled(name: str, data_dir: Path, download: bool) -> ImageSet:
 # --- torchvision: cifar10, cifar100, svhn -------------------------------------------------
 
 
+def _published_checksums() -> dict[str, dict[str, str]]:
+    """The MD5 of every file of the torchvision datasets, as torchvision publishes them."""
+    from torchvision import datasets
+
+    out = {}
+    for name, cls in (("cifar10", datasets.CIFAR10), ("cifar100", datasets.CIFAR100)):
+        out[name] = {f: md5 for f, md5 in cls.train_list + cls.test_list} | {cls.meta["filename"]: cls.meta["md5"]}
+    out["svhn"] = {filename: md5 for split, (_, filename, md5) in datasets.SVHN.split_list.items()
+                   if split in ("train", "test")}
+    return out
+
+
+CHECKSUMS = _published_checksums()  # dataset -> file -> MD5; every file is checked before it is unpickled
+
+
+def _verify(name: str, where: Path, how: str) -> None:
+    from torchvision.datasets.utils import check_integrity
+
+    bad = [f for f, md5 in CHECKSUMS[name].items() if not check_integrity(str(where / f), md5)]
+    if bad:
+        raise MissingDataError(
+            f"Dataset {name!r}: {', '.join(bad)} under {where} failed the published MD5 checksum (corrupt, "
+            f"truncated or not the official files; CIFAR files are pickles, which are not opened unchecked). "
+            f"Delete them and, to get them again, {how}.")
+
+
 def _load_torchvision(name: str, data_dir: Path, download: bool) -> ImageSet:
     from torchvision import datasets
 
+    sums = CHECKSUMS[name]
     if name == "svhn":
-        # Files are checked to exist rather than hashed, so re-packed or test copies in the
-        # real format load too; download_url still md5-checks what it downloads.
-        class Parser(datasets.SVHN):
-            def _check_integrity(self) -> bool:
-                return os.path.isfile(os.path.join(self.root, self.filename))
-
+        Parser = type("SVHN", (datasets.SVHN,), {"split_list": {
+            split: [url, filename, sums.get(filename, md5)]
+            for split, (url, filename, md5) in datasets.SVHN.split_list.items()}})
         where, action = data_dir, "put them in"
         urls, files = zip(*(Parser.split_list[s][:2] for s in ("train", "test")))
 
@@ -169,12 +193,11 @@ def _load_torchvision(name: str, data_dir: Path, download: bool) -> ImageSet:
 
     else:
         base = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-        # As for SVHN: md5=None turns torchvision's checks of the extracted files into
-        # existence checks; a downloaded archive is still verified against tgz_md5.
+        # torchvision checks every file against these MD5s (CHECKSUMS, the published ones) before unpickling.
         Parser = type(base.__name__, (base,), {
-            "train_list": [[f, None] for f, _ in base.train_list],
-            "test_list": [[f, None] for f, _ in base.test_list],
-            "meta": {**base.meta, "md5": None},
+            "train_list": [[f, sums[f]] for f, _ in base.train_list],
+            "test_list": [[f, sums[f]] for f, _ in base.test_list],
+            "meta": {**base.meta, "md5": sums[base.meta["filename"]]},
         })
         where, action, urls = data_dir / Parser.base_folder, "extract it into", [Parser.url]
         files = [f for f, _ in Parser.train_list + Parser.test_list] + [Parser.meta["filename"]]
@@ -189,8 +212,10 @@ def _load_torchvision(name: str, data_dir: Path, download: bool) -> ImageSet:
         train, test = _fetch(name, where, how, load)
     else:
         _require(name, where, files, how)
+        _verify(name, where, how)
         train, test = load()
-    return _image_set(name, 100 if name == "cifar100" else 10, train, test, flip=name != "svhn")
+    # App. A.3: random crop and horizontal flip for every dataset, SVHN included.
+    return _image_set(name, 100 if name == "cifar100" else 10, train, test, flip=True)
 
 
 # --- tinyimagenet -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from typing import Any, Callable, Mapping, NamedTuple
@@ -17,6 +18,7 @@ from timm.optim import param_groups_weight_decay
 
 from trainable import datasets
 from trainable.config import MixConfig, Resolved, resolve, trajectory_fields
+from trainable.cost import step_flops
 from trainable.data import TrainingData, build_training_data, generator, normalize, stream_seed
 from trainable.losses import mae_loss, mixed_loss, sl_loss
 from trainable.models import MixViT, select_tokens
@@ -37,7 +39,6 @@ class NonFiniteLossError(FloatingPointError):
 class StepResult(NamedTuple):
     loss: torch.Tensor  # to back-propagate
     parts: dict[str, torch.Tensor]  # detached losses to report (loss_ssl, loss_sl)
-    compute: int  # tokens x transformer blocks of the step's passes: the deterministic compute count
 
 
 def ssl_step(model: MixViT, x: torch.Tensor, mask_ratio: float, gen: torch.Generator) -> StepResult:
@@ -50,14 +51,14 @@ def ssl_step(model: MixViT, x: torch.Tensor, mask_ratio: float, gen: torch.Gener
     tokens = model.forward_encoder(x, ids_keep)
     pred = model.forward_decoder(tokens, ids_restore)
     loss = mae_loss(pred, model.patchify(x), mask)
-    return StepResult(loss, {"loss_ssl": loss.detach()}, _block_tokens(model, tokens, ids_restore))
+    return StepResult(loss, {"loss_ssl": loss.detach()})
 
 
 def sl_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor]) -> StepResult:
     """Supervised step on all tokens. x: (B, C, H, W); labels: one (B_t,) tensor per task, in batch order."""
     tokens = model.forward_encoder(x)
     loss = sl_loss(model.forward_heads(tokens, [len(y) for y in labels]), labels)
-    return StepResult(loss, {"loss_sl": loss.detach()}, tokens.shape[0] * tokens.shape[1] * model.cfg.depth)
+    return StepResult(loss, {"loss_sl": loss.detach()})
 
 
 def mix_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor], alpha: float,
@@ -74,22 +75,16 @@ def mix_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor], alpha: 
     pred = model.forward_decoder(select_tokens(tokens, ids_keep), ids_restore)
     l_ssl = mae_loss(pred, model.patchify(x), mask)
     parts = {"loss_ssl": l_ssl.detach(), "loss_sl": l_sl.detach()}
-    return StepResult(mixed_loss(l_ssl, l_sl, alpha), parts, _block_tokens(model, tokens, ids_restore))
+    return StepResult(mixed_loss(l_ssl, l_sl, alpha), parts)
 
 
 def separate_mix_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor], alpha: float,
                       mask_ratio: float, gen: torch.Generator) -> StepResult:
     """Ablation of the merge: a true MAE pass and an SL pass on the same batch, same weighting."""
-    l_ssl, _, c_ssl = ssl_step(model, x, mask_ratio, gen)
-    l_sl, _, c_sl = sl_step(model, x, labels)
+    l_ssl = ssl_step(model, x, mask_ratio, gen).loss
+    l_sl = sl_step(model, x, labels).loss
     parts = {"loss_ssl": l_ssl.detach(), "loss_sl": l_sl.detach()}
-    return StepResult(mixed_loss(l_ssl, l_sl, alpha), parts, c_ssl + c_sl)
-
-
-def _block_tokens(model: MixViT, encoded: torch.Tensor, ids_restore: torch.Tensor) -> int:
-    """Tokens x transformer blocks of an encoder pass over `encoded` plus a decoder pass: the compute count."""
-    b, n = ids_restore.shape
-    return b * encoded.shape[1] * model.cfg.depth + b * (n + 1) * model.cfg.decoder_depth
+    return StepResult(mixed_loss(l_ssl, l_sl, alpha), parts)
 
 
 def phase_step(phase: str, model: MixViT, data: TrainingData, cfg: MixConfig) -> Callable[[Any, torch.Generator],
@@ -133,17 +128,30 @@ def load_training_data(run: Resolved, loaded: Mapping[str, datasets.ImageSet] | 
                                run.device)
 
 
+def _set_cuda_numerics(deterministic: bool) -> None:
+    """Process-wide CUDA settings, set for every engine (a reused Ray actor runs trials of both kinds)."""
+    torch.set_float32_matmul_precision("high")  # TF32 for what stays fp32 (everything, with amp off), as nanoGPT
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for reproducible results
+    # Kernels without a deterministic version then raise an error naming themselves (e.g. try --sdpa off).
+    torch.use_deterministic_algorithms(deterministic)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+
+
 class Engine:
     """Trains one configuration, one epoch per `run_epoch()` call.
 
     run: the config, or the config already resolved (`trainable.config.resolve`).
     """
 
-    def __init__(self, run: MixConfig | Resolved, data: TrainingData | None = None):
+    def __init__(self, run: MixConfig | Resolved, data: TrainingData | None = None,
+                 step_seconds: Mapping[str, float] | None = None):
         self.run = run if isinstance(run, Resolved) else resolve(run)
+        self.step_seconds = dict(step_seconds) if step_seconds else None  # seconds per image by kind, alone
         self.data = data if data is not None else load_training_data(self.run)
-        if self.device.type == "cuda":  # TF32 for what stays fp32 (everything, with amp off), as nanoGPT
-            torch.set_float32_matmul_precision("high")
+        if self.device.type == "cuda":
+            _set_cuda_numerics(self.cfg.deterministic)
         self.model = self._build_model()
         self._encoder_fwd = self.model.forward_encoder
         if self.run.compile:
@@ -153,7 +161,7 @@ class Engine:
         self.opt_kind: str | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.train_time_s = 0.0
-        self.compute = 0  # block-token passes so far
+        self.images = {SSL: 0, MIX: 0, SL: 0}  # images trained on, by step kind
         self.prefix_epochs = 0  # SSL-only epochs taken from a shared prefix instead of trained
         self.prefix_time_s = 0.0  # their training time, as measured when they were computed
 
@@ -229,32 +237,55 @@ class Engine:
         self._ensure_optimizer(kind)
         gen_order = generator(stream_seed(self.cfg.seed, phase, e))
         gen_aug = generator(stream_seed(self.cfg.seed, phase + "/aug", e), self.device)
-        batches = (self.data.ssl_batches(self.cfg.batch_size, gen_order) if phase == SSL
-                   else self.data.sl_batches(self.cfg.batch_size, gen_order))
-        step, lr_of = phase_step(phase, self.model, self.data, self.cfg), self.lr_schedule(kind)
-        self.model.train()
-        sums: dict[str, torch.Tensor] = {}
-        images, compute = 0, 0
+        batches = self._batches(phase, gen_order)
+        lr_of = self.lr_schedule(kind)
         self._sync()
         t0 = time.perf_counter()
+        sums, images, lr = self._train(phase, batches, gen_aug, lambda i: lr_of(e + i / len(batches)))
+        self._sync()
+        wall = time.perf_counter() - t0
+        means = {k: (v / len(batches)).item() for k, v in sums.items()}
+        self._check_finite(means, phase, lr)
+        return self._finish_epoch(phase, means, lr, wall, images)
+
+    def _batches(self, phase: str, gen: torch.Generator) -> list:
+        if phase == SSL:
+            return self.data.ssl_batches(self.cfg.batch_size, gen)
+        return self.data.sl_batches(self.cfg.batch_size, gen)
+
+    def _train(self, phase: str, batches: list, gen: torch.Generator,
+               lr_at_step: Callable[[int], float] | None) -> tuple[dict[str, torch.Tensor], int, float | None]:
+        """One optimiser step per batch (LR from `lr_at_step`, else as it is); the summed losses, the images
+        and the last LR."""
+        step = phase_step(phase, self.model, self.data, self.cfg)
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        images, lr = 0, None
         for i, batch in enumerate(batches):
-            lr = lr_of(e + i / len(batches))
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
+            if lr_at_step is not None:
+                lr = lr_at_step(i)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
             with self._autocast():
-                out = step(batch, gen_aug)
+                out = step(batch, gen)
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             self.optimizer.step()
             for k, v in out.parts.items():
                 sums[k] = sums.get(k, 0) + v.float()
             images += batch_images(batch)
-            compute += out.compute
+        return sums, images, lr
+
+    def train_steps(self, phase: str, steps: int, seed: int = 0) -> int:
+        """`steps` optimiser steps of a phase outside the plan, at the optimiser's current LR, for measuring
+        what a step costs (`trainable.cost.calibrate`); the images trained on. Leaves the plan's state alone
+        only in the sense that matters there: use a throwaway engine."""
+        self._ensure_optimizer(self._opt_kind(phase))
+        batches = self._batches(phase, generator(seed))
+        batches = (batches * math.ceil(steps / len(batches)))[:steps]
+        images = self._train(phase, batches, generator(seed, self.device), None)[1]
         self._sync()
-        wall = time.perf_counter() - t0
-        means = {k: (v / len(batches)).item() for k, v in sums.items()}
-        self._check_finite(means, phase, lr)
-        return self._finish_epoch(phase, means, lr, wall, images, compute)
+        return images
 
     def _check_finite(self, losses: dict[str, float], phase: str, lr: float) -> None:
         if not all(math.isfinite(v) for v in losses.values()):
@@ -263,20 +294,31 @@ class Engine:
                 + ", ".join(f"{k}={v}" for k, v in losses.items())
                 + f". The learning rate was {lr:.3g}; lower it (ssl_lr / sl_lr) or check the data.")
 
-    def _finish_epoch(self, phase: str, losses: dict[str, float], lr: float, wall: float, images: int,
-                      compute: int) -> dict[str, Any]:
+    def _finish_epoch(self, phase: str, losses: dict[str, float], lr: float, wall: float,
+                      images: int) -> dict[str, Any]:
         self.epoch += 1
         self.train_time_s += wall
-        self.compute += compute
+        self.images[phase] += images
         metrics: dict[str, Any] = {
             "epoch": self.epoch, "phase": phase, **losses, "lr": lr,
-            "epoch_time_s": wall, "train_time_s": self.train_time_s,
-            "images_per_s": images / wall, "compute_gtok": self.compute / 1e9,
-            "sl_epochs": self.plan.sl_epochs_before(self.epoch), "done": self.done,
+            "epoch_time_s": wall, "train_time_s": self.train_time_s, "images_per_s": images / wall,
+            **self.costs(), "sl_epochs": self.plan.sl_epochs_before(self.epoch), "done": self.done,
         }
         if phase != SSL:  # validation accuracy means something only once the classifier trained
             metrics.update({f"val_{k}": v for k, v in self.evaluate("val").items()})
         return metrics
+
+    def costs(self) -> dict[str, float]:
+        """What the epochs so far cost, independent of anything else on the machine: FLOPs (counted per
+        image and step kind, `trainable.cost`), images per kind, and, with the search's calibration, the
+        time they take on one slot alone."""
+        classes = tuple(t.num_classes for t in self.data.tasks)
+        flops = sum(n * step_flops(self.model_cfg, classes, kind, self.cfg.mix_step)
+                    for kind, n in self.images.items() if n)
+        out = {"compute_tflop": flops / 1e12, **{f"images_{k}": n for k, n in self.images.items()}}
+        if self.step_seconds:
+            out["calibrated_time_s"] = sum(n * self.step_seconds[k] for k, n in self.images.items())
+        return out
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -333,7 +375,7 @@ class Engine:
             "opt_kind": self.opt_kind,
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "train_time_s": self.train_time_s,
-            "compute": self.compute,
+            "images": dict(self.images),
             "prefix_epochs": self.prefix_epochs,
             "prefix_time_s": self.prefix_time_s,
         }
@@ -366,6 +408,6 @@ class Engine:
             self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
         self.train_time_s = state["train_time_s"]
-        self.compute = state["compute"]
+        self.images = {SSL: 0, MIX: 0, SL: 0, **state.get("images", {})}
         self.prefix_epochs = state.get("prefix_epochs", 0)
         self.prefix_time_s = state.get("prefix_time_s", 0.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from trainable.cli import add_common_args, common_config, config_error_message
+from trainable.cli import COUNT, FRACTION, INDEX, UNIT, add_common_args, common_config, config_error_message
 from trainable.config import METHODS, ConfigError, MixConfig, resolve
 from trainable.datasets import MissingDataError
 from trainable.engine import Engine, NonFiniteLossError
@@ -34,22 +34,30 @@ def save_atomic(state: dict, path: Path) -> None:
     os.replace(tmp, path)  # a crash mid-save never leaves a truncated checkpoint
 
 
+def checkpoint_path(text: str) -> Path:
+    path = Path(text)
+    if path.is_dir() or not text:
+        raise argparse.ArgumentTypeError(f"must be a file path (a folder was given), got {text!r}")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainable.train", description=__doc__,
+                                usage="%(prog)s [options]   (--help lists them)",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="mixtraining", choices=METHODS,
                    help="sl: SL only (e_ssl = 0); ssl_sl: SSL then SL (rho = 0); mixtraining (default)")
-    p.add_argument("--epochs", type=int, default=100, help="e_ssl = e_sl = EPOCHS (default 100, Table 6)")
-    p.add_argument("--e-ssl", type=int, help="SSL epochs, overrides --epochs")
-    p.add_argument("--e-sl", type=int, help="SL epochs, overrides --epochs")
-    p.add_argument("--alpha", type=float, default=0.5, help="loss ratio of Eq. (3) (default 0.5)")
-    p.add_argument("--rho", type=float, default=0.5, help="mix ratio of Eq. (1) (default 0.5)")
-    p.add_argument("--lam", type=float, default=0.5, help="image mixing weight of Eq. (2), with --ssl-dataset")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fraction", type=float, default=1.0,
+    p.add_argument("--epochs", type=COUNT, default=100, help="e_ssl = e_sl = EPOCHS (default 100, Table 6)")
+    p.add_argument("--e-ssl", type=INDEX, help="SSL epochs, overrides --epochs")
+    p.add_argument("--e-sl", type=COUNT, help="SL epochs, overrides --epochs")
+    p.add_argument("--alpha", type=UNIT, default=0.5, help="loss ratio of Eq. (3) (default 0.5)")
+    p.add_argument("--rho", type=UNIT, default=0.5, help="mix ratio of Eq. (1) (default 0.5)")
+    p.add_argument("--lam", type=UNIT, default=0.5, help="image mixing weight of Eq. (2), with --ssl-dataset")
+    p.add_argument("--seed", type=INDEX, default=0)
+    p.add_argument("--fraction", type=FRACTION, default=1.0,
                    help="data limitation p in (0, 1]: seeded stratified subset of the training split")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--checkpoint", type=Path,
+    p.add_argument("--threads", type=COUNT, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--checkpoint", type=checkpoint_path,
                    help="save the full state here after every epoch and resume from it when it exists")
     add_common_args(p)
     return p

@@ -16,6 +16,7 @@ import torch
 from ray import tune
 
 from trainable.config import DATA, MixConfig, Resolved, resolve
+from trainable.cost import calibrate
 from trainable.data import TrainingData
 from trainable.datasets import ImageSet
 from trainable.engine import Engine, load_training_data
@@ -61,6 +62,15 @@ def data_cache_bytes(device: torch.device, gpu_share: float) -> int:
     return int(GPU_DATA_CACHE_SHARE * total * min(1.0, gpu_share or 1.0))
 
 
+def measure_step_seconds(base: dict[str, Any], loaded: dict[str, ImageSet] | None = None) -> dict[str, float]:
+    """Seconds per image of each step kind for the search's model and data, on this worker's device, with
+    nothing else running (the search runs it as a Ray task on one trial's resources before any trial)."""
+    if base.get("_threads"):
+        torch.set_num_threads(int(base["_threads"]))
+    run = resolve(MixConfig.from_trial({**base, "method": "mixtraining"}))
+    return calibrate(Engine(run, data=load_training_data(run, loaded)))
+
+
 class MixTrainable(tune.Trainable):
     """base: the config fields every trial of a search shares (`tune.with_parameters`), so a
     trial's own config holds only what varies and Ray's progress output stays readable.
@@ -75,7 +85,8 @@ class MixTrainable(tune.Trainable):
         self.run = resolve(MixConfig.from_trial(full))
         self.mutable = PBT_MUTABLE if full.get("_pbt") else ()
         budget = data_cache_bytes(self.run.device, float(full.get("_gpu_share", 0)))
-        self.engine = Engine(self.run, data=_DATA_CACHE.get(self.run, loaded, budget))
+        self.engine = Engine(self.run, data=_DATA_CACHE.get(self.run, loaded, budget),
+                             step_seconds=full.get("_step_seconds"))
         # SSL-prefix sharing (switched on by the search with `_prefix_store`): start from the
         # longest stored prefix this trial's SSL-only phase can use.
         self.store = None

@@ -3,22 +3,24 @@
     python tuning/report.py --experiment mixtraining [--mlflow-uri URI] [--out report]
 
 Reads every trial (child) run of the experiment, across all the searches logged there (say,
-one search per data fraction gives the whole of Table 1), and writes comparison.csv,
-comparison.md and accuracy_vs_time.png.
+one search per data fraction gives the whole of Table 1; searches on other data, models or
+budgets get rows of their own), and writes comparison.csv/md, paired.csv and accuracy_vs_cost.png.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
+if __name__ == "__main__" and not __package__:  # `python tuning/report.py`: import this checkout's packages
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pandas as pd
+import pandas as pd  # noqa: E402
 
-from tuning import tracking
-from tuning.summary import comparison_table, format_table, trial_row
+from trainable.cli import local_folder, mlflow_experiment, tracking_uri  # noqa: E402
+from tuning import tracking  # noqa: E402
+from tuning.summary import comparison_table, format_paired, format_table, paired_stats, trial_row  # noqa: E402
 
 
 def trial_frame(uri: str, experiment: str, parent_run_id: str | None = None) -> pd.DataFrame:
@@ -36,20 +38,29 @@ def trial_frame(uri: str, experiment: str, parent_run_id: str | None = None) -> 
         token = page.token
         if not token:
             break
-    rows = [trial_row(r.data.params, r.data.metrics, completed=r.data.tags.get("completed") == "true",
+    rows = [trial_row({**r.data.params, "completion": r.data.tags.get("completion")}, r.data.metrics,
+                      completed=r.data.tags.get("completed") == "true",
                       error=r.data.tags.get("error"), trial_id=r.data.tags.get("trial_id"), status=r.info.status,
                       search=r.data.tags.get("mlflow.parentRunId"))
             for r in runs]
     return pd.DataFrame(rows)
 
 
+def run_id(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{32}", text):
+        raise argparse.ArgumentTypeError(f"must be an MLflow run id (32 hex digits), got {text!r}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python tuning/report.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT, help="MLflow experiment name")
-    p.add_argument("--mlflow-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
-    p.add_argument("--parent-run", help="only the search with this parent run id")
-    p.add_argument("--out", default="report", help="folder for the table and figure (default: ./report)")
+    p.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT, type=mlflow_experiment,
+                   help="MLflow experiment name")
+    p.add_argument("--mlflow-uri", type=tracking_uri, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    p.add_argument("--parent-run", type=run_id, help="only the search with this parent run id")
+    p.add_argument("--out", default="report", type=local_folder,
+                   help="folder for the table and figure (default: ./report)")
     args = p.parse_args(argv)
     uri = tracking.resolve_uri(args.mlflow_uri)
     try:
@@ -60,20 +71,27 @@ def main(argv: list[str] | None = None) -> int:
     if df.empty:
         print(f"error: experiment {args.experiment!r} has no trial runs", file=sys.stderr)
         return 2
-    table = comparison_table(df)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "comparison.csv", index=False)
-    (out / "comparison.md").write_text(format_table(table) + "\n")
+    write_report(df, Path(args.out))
+    print(f"{len(df)} trial runs from {df['search'].nunique()} search(es); written to {args.out}/")
+    return 0
+
+
+def write_report(df: pd.DataFrame, out: Path) -> None:
+    """The comparison table, the paired statistics and Fig. 1, written to `out` and printed."""
     import matplotlib.pyplot as plt
 
-    from tuning.plots import accuracy_vs_time_figure
-    fig = accuracy_vs_time_figure(df)
-    fig.savefig(out / "accuracy_vs_time.png", dpi=120)
+    from tuning.plots import accuracy_vs_cost_figure
+    table, paired = comparison_table(df), paired_stats(df)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "comparison.csv", index=False)
+    paired.to_csv(out / "paired.csv", index=False)
+    (out / "comparison.md").write_text(format_table(table) + "\n\n" + format_paired(paired) + "\n")
+    fig = accuracy_vs_cost_figure(df)
+    fig.savefig(out / "accuracy_vs_cost.png", dpi=120)
     plt.close(fig)
     print(format_table(table))
-    print(f"{len(df)} trial runs from {df['search'].nunique()} search(es); written to {out}/")
-    return 0
+    print()
+    print(format_paired(paired))
 
 
 if __name__ == "__main__":

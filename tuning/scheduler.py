@@ -4,8 +4,8 @@ During the SSL-only phase no classifier has trained, so validation accuracy says
 about a trial: no scheduler may rank, stop or exploit it there. Time is therefore
 `sl_epochs` (epochs in which the classifier trained), and results from before the first such
 epoch are never shown to the scheduler. Baselines always run to the end: the comparison table
-needs their final accuracy. Each group of comparable MixTraining trials gets its own Ray
-scheduler:
+needs their final accuracy, and so do the trials that complete the chosen configuration's stopped
+seeds (tuning.searcher). Each group of comparable MixTraining trials gets its own Ray scheduler:
 - `PhaseAwareASHA`: one `ASHAScheduler` per (fraction, epoch budget). A 10-epoch trial at its
   8th supervised epoch has annealed its learning rate while a 20-epoch trial there is
   mid-schedule; ranking them together kills the longer budgets. ASHA always lets the first
@@ -17,6 +17,8 @@ scheduler:
 from __future__ import annotations
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
+
+from tuning.searcher import COMPLETION
 
 SL_EPOCHS = "sl_epochs"
 
@@ -36,7 +38,7 @@ class _Grouped(FIFOScheduler):
 
     def _inner(self, trial) -> TrialScheduler | None:
         cfg = trial.config
-        if cfg.get("method") != "mixtraining":
+        if cfg.get("method") != "mixtraining" or cfg.get(COMPLETION):
             return None
         key = tuple(cfg.get(k) for k in self.group_keys)
         if key not in self.groups:

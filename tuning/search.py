@@ -27,18 +27,21 @@ import pandas as pd  # noqa: E402
 
 from search_spaces import SPACES, epoch_budgets, get_space  # noqa: E402
 from trainable import storage  # noqa: E402
-from trainable.cli import add_common_args, common_config, config_error_message  # noqa: E402
+from trainable.cli import (COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, add_common_args,  # noqa: E402
+                           common_config, config_error_message, folder_name, mlflow_experiment, number, ray_address,
+                           storage_path, tracking_uri)
 from trainable.config import ConfigError, MixConfig  # noqa: E402
 from trainable.datasets import MissingDataError, load_dataset  # noqa: E402
 from trainable.tune_trainable import PBT_MUTABLE  # noqa: E402
 from tuning import tracking  # noqa: E402
-from tuning.summary import (best_mixtraining, comparison_table, format_table, pareto_front,  # noqa: E402
-                            trial_row)
+from tuning.summary import (CONFIG_KEYS, choose_best, comparison_table, format_paired,  # noqa: E402
+                            format_table, paired_stats, pareto_front, trial_row)
 
 log = logging.getLogger("tuning.search")
 
 ARGS_FILE = "mixtune_args.json"  # the search's settings, beside Ray's experiment state, for --resume
 PARENT_FILE = "mlflow_parent_run.txt"  # the MLflow parent run, so --resume continues it
+CALIBRATION_FILE = "step_seconds.json"  # each step kind's cost measured alone at the start
 SEARCHES = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "fifo", "pbt")
 OBJECTIVES = ("accuracy", "pareto")
@@ -51,65 +54,76 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python tuning/search.py", description=__doc__,
+                                usage="%(prog)s [options]   (--help lists them)",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("search")
-    g.add_argument("--space", default="paper", choices=SPACES, help="search space (default: paper)")
-    g.add_argument("--search", default="optuna", choices=SEARCHES,
-                   help="optuna: TPE (default); random; grid: every combination once per seed")
+    g.add_argument("--space", default="paper", choices=SPACES,
+                   help="search space (default: paper); table1: the paper's main protocol, every seed to the end")
+    g.add_argument("--search", choices=SEARCHES,
+                   help="optuna: TPE (default); random; grid: every combination once per seed (table1's)")
     g.add_argument("--objective", default="accuracy", choices=OBJECTIVES,
                    help="accuracy: maximise validation accuracy; pareto: accuracy up and compute down")
-    g.add_argument("--scheduler", default="asha", choices=SCHEDULERS,
-                   help="asha: phase-aware early stopping in supervised epochs (default); fifo: none; "
+    g.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="asha: phase-aware early stopping in supervised epochs (default); fifo: none (table1's); "
                         "pbt: population-based training of alpha/lam (with --space pbt and --search random)")
-    g.add_argument("--num-samples", type=int, default=10,
+    g.add_argument("--num-samples", type=COUNT, default=10,
                    help="configurations per fraction for optuna/random (default 10); each runs --seeds times")
-    g.add_argument("--seeds", type=int, default=1, help="seeds per configuration, averaged (the paper uses 4)")
-    g.add_argument("--fraction", type=float, nargs="+", default=[1.0],
+    g.add_argument("--seeds", type=COUNT, default=1, help="seeds per configuration, averaged (the paper uses 4)")
+    g.add_argument("--fraction", type=FRACTION, nargs="+", default=[1.0],
                    help="data fraction(s) p in (0, 1], one search each (default 1.0)")
-    g.add_argument("--epoch-scale", type=float, default=1.0,
+    g.add_argument("--epoch-scale", type=POSITIVE, default=1.0,
                    help="multiply every epoch count (e.g. 0.1 turns 50/75/100 into 5/8/10)")
-    g.add_argument("--grace-period", type=int,
+    g.add_argument("--grace-period", type=COUNT,
                    help="ASHA: supervised epochs before a first stop; PBT: between perturbations "
                         "(default: a quarter of the budget)")
     g.add_argument("--no-baselines", action="store_true", help="skip the SL and SSL+SL baselines")
-    g.add_argument("--search-seed", type=int, default=0, help="seed of the Optuna sampler")
+    g.add_argument("--search-seed", type=INDEX, default=0, help="seed of the Optuna sampler")
     g.add_argument("--no-share-ssl", dest="share_ssl", action="store_false",
                    help="do not share SSL-only prefixes between trials with the same SSL settings")
-    g.add_argument("--prefix-store-gb", type=float, default=20.0,
+    g.add_argument("--prefix-store-gb", type=POSITIVE, default=20.0,
                    help="size bound of the shared SSL-prefix store, in GiB (default 20)")
     g = p.add_argument_group("resources and storage")
-    g.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources allow)")
-    g.add_argument("--cpus-per-trial", type=float, default=1.0)
-    g.add_argument("--gpus-per-trial", type=float, default=0.0,
+    g.add_argument("--max-concurrent", type=COUNT, help="trials at once (default: as many as resources allow)")
+    g.add_argument("--cpus-per-trial", type=POSITIVE, default=1.0)
+    g.add_argument("--gpus-per-trial", type=NON_NEGATIVE, default=0.0,
                    help="fractional GPUs per trial: 0.25 puts four trials on one GPU (default 0)")
-    g.add_argument("--address", help="join a running Ray cluster (e.g. auto)")
-    g.add_argument("--storage-path", default=DEFAULT_STORAGE,
+    g.add_argument("--address", type=ray_address, help="join a running Ray cluster (e.g. auto)")
+    g.add_argument("--storage-path", default=DEFAULT_STORAGE, type=storage_path,
                    help="experiment folder: a local path (default ./ray_results) or s3:// / gs:// on clusters")
-    g.add_argument("--name", help="experiment name (default: <space>-<datasets>-<date>)")
+    g.add_argument("--name", type=folder_name, help="experiment name (default: <space>-<datasets>-<date>)")
     g.add_argument("--resume", action="store_true", help="continue the experiment --name")
-    g.add_argument("--checkpoint-every", type=int, default=1, help="epochs between trial checkpoints")
-    g.add_argument("--max-failures", type=int, default=3, help="retries of a failed trial from its checkpoint")
+    g.add_argument("--checkpoint-every", type=COUNT, default=1, help="epochs between trial checkpoints")
+    g.add_argument("--max-failures", type=number(int, 0, 100), default=3, help="retries of a failed trial from its checkpoint")
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray's progress output")
     g = p.add_argument_group("tracking")
-    g.add_argument("--mlflow-uri", help="tracking server or store (default: $MLFLOW_TRACKING_URI, else "
+    g.add_argument("--mlflow-uri", type=tracking_uri, help="tracking server or store (default: $MLFLOW_TRACKING_URI, else "
                                         "sqlite:///mlflow.db in this folder)")
-    g.add_argument("--experiment", default="mixtraining", help="MLflow experiment name (default: mixtraining)")
+    g.add_argument("--experiment", default="mixtraining", type=mlflow_experiment, help="MLflow experiment name (default: mixtraining)")
     g.add_argument("--no-mlflow", action="store_true", help="do not track in MLflow")
     add_common_args(p, default_dataset="cifar10")
     return p
 
 
+PROTOCOL_SPACES = ("table1",)  # spaces that fix one configuration and run every seed to the end
+
+
+def resolve_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """--search and --scheduler by space: the paper's protocol is a grid of one configuration, never stopped."""
+    if args.space in PROTOCOL_SPACES:
+        for flag, value, want in (("--search", args.search, "grid"), ("--scheduler", args.scheduler, "fifo")):
+            if value not in (None, want):
+                parser.error(f"{flag} {value}: --space {args.space} runs the paper's one configuration on every seed "
+                             f"to the end; leave {flag} out (or give {want})")
+        args.search, args.scheduler = "grid", "fifo"
+    args.search = args.search or "optuna"
+    args.scheduler = args.scheduler or "asha"
+
+
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Every user mistake becomes one parser error naming the flag; nothing reaches a traceback."""
-    for name in ("num_samples", "seeds", "checkpoint_every"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        parser.error(f"--max-concurrent: must be at least 1, got {args.max_concurrent}")
-    if not args.epoch_scale > 0:
-        parser.error(f"--epoch-scale: must be positive, got {args.epoch_scale}")
-    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
-        parser.error("--cpus-per-trial must be positive and --gpus-per-trial non-negative")
+    """What the flags' types cannot check alone; every mistake is one parser error naming the flag."""
+    resolve_defaults(args, parser)
+    if args.gpus_per_trial > 1 and not float(args.gpus_per_trial).is_integer():
+        parser.error(f"--gpus-per-trial: above 1 it must be a whole number of GPUs, got {args.gpus_per_trial:g}")
     if args.resume and not args.name:
         parser.error("--resume needs --name of the experiment to continue")
     if args.scheduler == "pbt":
@@ -135,17 +149,69 @@ def experiment_folder(storage_path: str, name: str) -> storage.Folder:
     return storage.Folder(storage.absolute(storage_path).rstrip("/") + "/" + name)
 
 
-def load_args(args: argparse.Namespace) -> argparse.Namespace:
-    """The settings the experiment was started with; --address and --verbose may change on resume."""
+# Flags that may change between the runs of one experiment: where it lives and runs, where it is tracked,
+# how failures and concurrency are handled, what is printed. Every other flag defines what the trials
+# compute, and --resume refuses a new value for it.
+RESUMABLE = ("storage_path", "mlflow_uri", "address", "max_failures", "max_concurrent", "verbose", "data_dir",
+             "download", "wait_for_nodes", "keep_checkpoints", "resume", "name")
+# What a search writes into its experiment folder besides Ray Tune's own state.
+OWN_FILES = (ARGS_FILE, PARENT_FILE, CALIBRATION_FILE, storage.DriverLock.NAME, "ssl_prefixes", "comparison.csv",
+             "comparison.md", "paired.csv")
+
+
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The destinations of the flags written on the command line (not taking their defaults)."""
+    p = build_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def load_args(args: argparse.Namespace, given: set[str] | None = None) -> argparse.Namespace:
+    """The settings the experiment was started with, with the RESUMABLE flags of this command line applied;
+    a UsageError for any other flag given with a new value. given: the flags written on the command line
+    (None: those that differ from their defaults)."""
     folder = experiment_folder(args.storage_path, args.name)
     try:
         saved = json.loads(folder.read_text(ARGS_FILE))
     except FileNotFoundError:
         raise UsageError(f"no experiment {args.name!r} under {storage.absolute(args.storage_path)} to resume "
                          f"(looked for {ARGS_FILE}); check --name and --storage-path") from None
-    saved.update(resume=True, address=args.address, verbose=args.verbose)
     # Flags added since the experiment started take their defaults (which its checkpoints recorded).
-    return argparse.Namespace(**{**vars(build_parser().parse_args([])), **saved})
+    defaults = vars(build_parser().parse_args([]))
+    saved = {**defaults, **saved}
+    if given is None:
+        given = {k for k, v in vars(args).items() if v != defaults.get(k)}
+    refused = {k: (saved.get(k), getattr(args, k)) for k in sorted(given)
+               if k not in RESUMABLE and _differs(getattr(args, k), saved.get(k))}
+    if refused:
+        said = "; ".join(f"--{k.replace('_', '-')} {_show(new)} (it ran with {_show(old)})"
+                         for k, (old, new) in refused.items())
+        raise UsageError(f"--resume continues experiment {args.name!r} as it was started, and these flags would "
+                         f"change what its trials compute: {said}. Leave them out to resume, or start a new "
+                         f"experiment with another --name")
+    saved.update({k: getattr(args, k) for k in given if k in RESUMABLE}, resume=True)
+    return argparse.Namespace(**saved)
+
+
+def _differs(a, b) -> bool:
+    return (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b)
+
+
+def _show(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def snapshotted(folder: storage.Folder) -> bool:
+    """Whether Ray Tune saved the experiment's state at least once (so Tuner.restore can continue it)."""
+    return any(n.startswith("experiment_state-") for n in folder.names())
+
+
+def clear_tune_leftovers(folder: storage.Folder) -> None:
+    """What a driver killed before Tune's first snapshot left (tuner.pkl, trial folders): nothing to resume."""
+    for name in folder.names():
+        if name not in OWN_FILES:
+            folder.delete_entry(name)
 
 
 # --- search pieces ----------------------------------------------------------------------------
@@ -156,7 +222,7 @@ def different_ssl_data(args: argparse.Namespace) -> bool:
 
 def metrics_and_modes(objective: str) -> tuple[str | list[str], str | list[str]]:
     if objective == "pareto":  # the paper's trade-off: accuracy up, deterministic compute down
-        return ["val_acc", "compute_gtok"], ["max", "min"]
+        return ["val_acc", "compute_tflop"], ["max", "min"]
     return "val_acc", "max"
 
 
@@ -181,7 +247,8 @@ def make_searcher(args: argparse.Namespace):
         space=space, fractions=args.fraction, seeds=args.seeds,
         budgets=epoch_budgets(space, args.epoch_scale), epoch_scale=args.epoch_scale,
         num_samples=args.num_samples, inner=inner, metric=metric, mode=mode,
-        baselines=not args.no_baselines, share_ssl=args.share_ssl)
+        baselines=not args.no_baselines, share_ssl=args.share_ssl,
+        complete=args.scheduler == "asha", max_concurrent=args.max_concurrent)
 
 
 def make_scheduler(args: argparse.Namespace):
@@ -221,17 +288,14 @@ def trial_rows(results, base: dict) -> pd.DataFrame:
 
 
 def summarize(df: pd.DataFrame, objective: str) -> str:
-    lines = ["", "== Comparison (test accuracy mean ± std over seeds; best MixTraining chosen on validation) ==",
-             format_table(comparison_table(df))]
-    mix = df[(df["method"] == "mixtraining") & df["completed"]]
-    if not mix.empty:
-        best = mix.groupby(["fraction", "epochs", "alpha", "rho", "lam"]).agg(
-            val_acc=("val_acc", "mean"), test_acc=("test_acc", "mean"), n=("seed", "nunique")).reset_index()
-        for f, sub in best.groupby("fraction"):
-            b = sub.loc[sub["val_acc"].idxmax()]
-            lines.append(f"best MixTraining at fraction {f:g}: alpha={b.alpha:g} rho={b.rho:g} lam={b.lam:g} "
-                         f"epochs={int(b.epochs)}  val_acc={b.val_acc:.4f} test_acc={b.test_acc:.4f} "
-                         f"(seeds={int(b.n)})")
+    table = comparison_table(df)
+    lines = ["", "== Comparison (test accuracy mean ± std over the seeds every method completed; MixTraining "
+                 "chosen on validation; speedups over SSL+SL) ==", format_table(table),
+             "", "== Paired differences per seed (test accuracy) ==", format_paired(paired_stats(df))]
+    for r in choose_best(df).to_dict("records"):
+        lines.append(f"best MixTraining at fraction {r['fraction']:g}, {r['epochs']} epochs: alpha={r['alpha']:g} "
+                     f"rho={r['rho']:g} lam={r['lam']:g} (mean val_acc {r['mean_val']:.4f}; "
+                     f"{int(r['tried'])} configuration(s) tried)")
     if objective == "pareto":
         lines += ["", "== Pareto front (validation accuracy vs compute) ==",
                   pareto_front(df).to_string(index=False, float_format=lambda v: f"{v:.4g}")]
@@ -240,7 +304,10 @@ def summarize(df: pd.DataFrame, objective: str) -> str:
                      f"trained, {df['ssl_time_reused_s'].sum():.1f} s of training saved")
     stopped = int(((df["method"] == "mixtraining") & ~df["completed"] & df["error"].isna()).sum())
     failed = int(df["error"].notna().sum())
-    lines.append(f"trials: {len(df)} ({stopped} stopped early by the scheduler, {failed} failed)")
+    completing = int(df["completion"].sum())
+    lines.append(f"trials: {len(df)} ({stopped} stopped early by the scheduler, {failed} failed"
+                 + (f", {completing} completing stopped seeds of the chosen configuration" if completing else "")
+                 + ")")
     return "\n".join(lines)
 
 
@@ -256,23 +323,36 @@ class Outcome:
     parent: str | None  # the MLflow parent run
 
 
-def prepare(args: argparse.Namespace) -> argparse.Namespace:
-    """The settings to run: the saved ones on --resume; a new experiment must not exist yet."""
-    folder = experiment_folder(args.storage_path, args.name)
+def prepare(args: argparse.Namespace, folder: storage.Folder,
+            given: set[str] | None = None) -> tuple[argparse.Namespace, bool]:
+    """The settings to run and whether Tune restores a saved state.
+
+    --resume takes the saved settings (RESUMABLE flags may change). An experiment whose driver died
+    before Tune's first snapshot has no state to restore: it is started afresh, by --resume with its
+    saved settings or by a plain start with the new ones. A new experiment must not exist yet.
+    """
     if args.resume:
-        args = load_args(args)
+        args = load_args(args, given)
         if not args.no_mlflow and not folder.exists(PARENT_FILE):
             raise UsageError(f"experiment {args.name!r} was tracked in MLflow, but {folder.path(PARENT_FILE)}, which "
                              f"names its parent run, is missing: restore it (it holds the id of the run named "
                              f"{args.name!r} in experiment {args.experiment!r}) to continue the same runs")
-        return args
-    if folder.exists():
+    elif snapshotted(folder):
         raise UsageError(f"experiment {args.name!r} already exists under {storage.absolute(args.storage_path)}: "
                          f"pass --resume to continue it, or another --name")
-    args = argparse.Namespace(**vars(args))
-    if not args.no_mlflow:
-        args.mlflow_uri = tracking.resolve_uri(args.mlflow_uri)
-    return args
+    else:
+        args = argparse.Namespace(**vars(args))
+        if not args.no_mlflow:
+            args.mlflow_uri = tracking.resolve_uri(args.mlflow_uri)
+        if folder.exists(PARENT_FILE) and not args.no_mlflow:  # the parent of an attempt that never got going
+            tracking.end_run(args.mlflow_uri, folder.read_text(PARENT_FILE).strip(), "KILLED")
+            folder.delete(PARENT_FILE)
+    restore = args.resume and snapshotted(folder)
+    if not restore and folder.exists(ARGS_FILE):
+        log.info("experiment %s stopped before its first snapshot: starting it afresh", folder.uri)
+        clear_tune_leftovers(folder)
+    folder.write_text(ARGS_FILE, json.dumps(vars(args), indent=1))
+    return args, restore
 
 
 def preload_datasets(args: argparse.Namespace) -> dict:
@@ -289,7 +369,7 @@ def preload_datasets(args: argparse.Namespace) -> dict:
 def base_config(args: argparse.Namespace) -> dict:
     """The config every trial shares, and the bookkeeping keys ('_'-prefixed) its Trainable reads."""
     base = {**MixConfig(**common_config(args)).to_dict(), "_threads": max(1, int(args.cpus_per_trial)),
-            "_gpu_share": args.gpus_per_trial}
+            "_gpu_share": args.gpus_per_trial, "_epoch_scale": args.epoch_scale}
     base["data_dir"] = os.path.abspath(base["data_dir"])  # trials run in other working folders
     if args.scheduler == "pbt":
         base["_pbt"] = True  # checkpoints may then come from a population member with another alpha / lam
@@ -312,8 +392,29 @@ def start_ray(args: argparse.Namespace) -> None:
              configure_logging=True, logging_level=logging.WARNING)
 
 
+def calibrate_costs(args: argparse.Namespace, base: dict, loaded: dict, folder: storage.Folder) -> dict[str, float]:
+    """Seconds per image of each step kind on one trial's resources with nothing else running, measured once
+    per experiment (a resume reuses it): what time speedups are computed from (trainable.cost)."""
+    import ray
+
+    from trainable.tune_trainable import measure_step_seconds
+    if folder.exists(CALIBRATION_FILE):
+        return json.loads(folder.read_text(CALIBRATION_FILE))
+    log.info("measuring the cost of each step kind alone, on one trial's resources")
+    task = ray.remote(num_cpus=args.cpus_per_trial, num_gpus=args.gpus_per_trial, max_retries=0)(measure_step_seconds)
+    try:
+        seconds = ray.get(task.remote(base, loaded))
+    except ray.exceptions.RayError as e:  # the trials will meet the same problem and say so one by one
+        log.warning("could not measure the step costs (%s); the table will have no time column",
+                    str(e).strip().splitlines()[-1])
+        return {}
+    folder.write_text(CALIBRATION_FILE, json.dumps(seconds, indent=1))
+    log.info("seconds per image alone: %s", ", ".join(f"{k} {v:.3g}" for k, v in seconds.items()))
+    return seconds
+
+
 def start_tracking(args: argparse.Namespace, folder: storage.Folder) -> str | None:
-    """The MLflow parent run: a new one, or on --resume the one the experiment started."""
+    """The MLflow parent run: on --resume the one the experiment started, else a new one."""
     if args.no_mlflow:
         return None
     if args.resume:
@@ -327,32 +428,40 @@ def start_tracking(args: argparse.Namespace, folder: storage.Folder) -> str | No
     return parent
 
 
-def make_tuner(args: argparse.Namespace, base: dict, loaded: dict, parent: str | None, folder: storage.Folder):
-    """A new Tuner, or on --resume the saved one continuing its unfinished and errored trials."""
+def make_tuner(args: argparse.Namespace, base: dict, loaded: dict, parent: str | None, folder: storage.Folder,
+               restore: bool):
+    """A new Tuner, or the saved one continuing its unfinished and errored trials under this run's settings."""
     from ray import tune
 
     from trainable.tune_trainable import MixTrainable
+    from tuning.searcher import ExperimentSearch
     trainable = tune.with_resources(tune.with_parameters(MixTrainable, base=base, loaded=loaded),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
-    if args.resume:
-        return tune.Tuner.restore(folder.uri, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    folder.write_text(ARGS_FILE, json.dumps(vars(args), indent=1))
+    callbacks = [] if parent is None else [tracking.MLflowTracking(args.mlflow_uri, args.experiment, parent, base)]
+    failures = tune.FailureConfig(max_failures=args.max_failures)
+    if restore:
+        tuner = tune.Tuner.restore(folder.uri, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # The RESUMABLE settings of this run replace the saved ones (Tuner.restore has no arguments for them).
+        internal = tuner._local_tuner
+        run_config = internal.get_run_config()
+        run_config.callbacks, run_config.failure_config, run_config.verbose = callbacks, failures, args.verbose
+        internal._tune_config.search_alg.resume_with(storage.absolute(args.storage_path), args.name,
+                                                     args.max_failures, args.max_concurrent)
+        return tuner
     searcher = make_searcher(args)
     log.info("experiment %s: %d trials (%s baselines), epoch budgets %s", folder.uri, searcher.total_trials,
              "no" if args.no_baselines else "with", epoch_budgets(get_space(args.space), args.epoch_scale))
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=make_scheduler(args), num_samples=searcher.total_trials,
-            max_concurrent_trials=args.max_concurrent, reuse_actors=True),
+        tune_config=tune.TuneConfig(  # concurrency: the searcher's own limit, which a resume may change
+            search_alg=ExperimentSearch(searcher), scheduler=make_scheduler(args),
+            num_samples=searcher.max_trials, reuse_actors=True),
         run_config=tune.RunConfig(
             name=args.name, storage_path=storage.absolute(args.storage_path), verbose=args.verbose,
-            callbacks=[] if parent is None else [
-                tracking.MLflowTracking(args.mlflow_uri, args.experiment, parent, base)],
+            callbacks=callbacks, failure_config=failures,
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=args.checkpoint_every, checkpoint_at_end=True,
-                num_to_keep=4 if args.scheduler == "pbt" else 2),  # PBT exploits others' checkpoints
-            failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+                num_to_keep=4 if args.scheduler == "pbt" else 2)))  # PBT exploits others' checkpoints
 
 
 def fit(tuner, parent: str | None, mlflow_uri: str | None):
@@ -376,30 +485,47 @@ def finish(args: argparse.Namespace, results, base: dict, parent: str | None, fo
     if not table.empty:
         folder.write_text("comparison.csv", table.to_csv(index=False))
         folder.write_text("comparison.md", format_table(table) + "\n")
+        folder.write_text("paired.csv", paired_stats(df).to_csv(index=False))
     if parent:
-        tracking.finish_parent(args.mlflow_uri, parent, df, table, best_checkpoint(results, df))
+        tracking.finish_parent(args.mlflow_uri, parent, df, table, best_checkpoint(results, df),
+                               base.get("_step_seconds"))
     return Outcome(args, df, table, folder, parent)
 
 
-def run(args: argparse.Namespace) -> Outcome:
-    """Run (or resume) the search."""
-    args = prepare(args)
-    loaded = preload_datasets(args)
-    base = base_config(args)
-    start_ray(args)
-    check_resources(args.cpus_per_trial, args.gpus_per_trial)
+def run(args: argparse.Namespace, given: set[str] | None = None) -> Outcome:
+    """Run (or resume) the search. given: the flags written on the command line (see `load_args`)."""
     folder = experiment_folder(args.storage_path, args.name)
-    parent = start_tracking(args, folder)
-    results = fit(make_tuner(args, base, loaded, parent, folder), parent, args.mlflow_uri)
-    return finish(args, results, base, parent, folder)
+    if args.resume and not folder.exists(ARGS_FILE):
+        load_args(args, given)  # raises the "no experiment" error
+    try:
+        lock = storage.DriverLock(folder).acquire()
+    except storage.LockHeld as e:
+        raise UsageError(f"experiment {args.name!r} is being run by another driver ({e}); wait for it to end or "
+                         f"stop it (the lock of a killed driver lapses within "
+                         f"{storage.DriverLock.STALE_S:.0f} s)") from None
+    try:
+        args, restore = prepare(args, folder, given)
+        loaded = preload_datasets(args)
+        base = base_config(args)
+        start_ray(args)
+        check_resources(args.cpus_per_trial, args.gpus_per_trial)
+        base["_step_seconds"] = calibrate_costs(args, base, loaded, folder)
+        parent = start_tracking(args, folder)
+        results = fit(make_tuner(args, base, loaded, parent, folder, restore), parent, args.mlflow_uri)
+        return finish(args, results, base, parent, folder)
+    finally:
+        lock.release()
 
 
 def best_checkpoint(results, df: pd.DataFrame):
-    """The final checkpoint of the best MixTraining trial (best config by mean val_acc, its best seed)."""
-    best = best_mixtraining(df)
+    """The final checkpoint of the chosen MixTraining configuration's best seed (on validation)."""
+    best = choose_best(df)
     if best.empty:
         return None
-    trial_id = best.loc[best["val_acc"].idxmax(), "trial_id"]
+    b = best.loc[best["mean_val"].idxmax()]
+    runs = df[(df["method"] == "mixtraining") & df["completed"] & (df[CONFIG_KEYS] == b[CONFIG_KEYS]).all(axis=1)
+              & (df["fraction"] == b["fraction"]) & (df["epochs"] == b["epochs"])]
+    trial_id = runs.loc[runs["val_acc"].idxmax(), "trial_id"]
     for r in results:
         if (r.metrics or {}).get("trial_id") == trial_id:
             return r.checkpoint
@@ -434,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.name:
         args.name = f"{args.space}-{'+'.join(args.dataset)}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     try:
-        outcome = run(args)
+        outcome = run(args, given_flags(argv))
     except (UsageError, MissingDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

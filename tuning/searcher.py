@@ -3,9 +3,13 @@
 Ray Tune's searchers propose points of a space; an experiment here also needs what they lack:
 - the SL and SSL+SL baselines, once per (epoch budget, fraction, seed), in the same experiment;
 - every proposed configuration repeated over `seeds` seeds, the searcher told the mean;
-- one independent search per data fraction (the best alpha/rho differ between fractions).
+- one independent search per data fraction (the best alpha/rho differ between fractions);
+- no survivorship: when every trial has ended, the configuration the comparison will report
+  (`tuning.summary.choose_best`) is completed on the seeds the scheduler stopped, so its test
+  accuracy is averaged over every seed, like the baselines'.
 `ExperimentSearcher` does exactly that bookkeeping and delegates the proposals to Optuna
-(`OptunaSearch`, TPE or random sampling) or to a precomputed grid.
+(`OptunaSearch`, TPE or random sampling) or to a precomputed grid. `ExperimentSearch` is the
+Tune search algorithm around it that a moved or re-configured experiment resumes with.
 """
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ import logging
 import pickle
 from typing import Any
 
-from ray.tune.search import Searcher
+import pandas as pd
+from ray.tune.search import SearchGenerator, Searcher
 from ray.tune.search.sample import Domain
 
 from search_spaces import grid, to_config_fields
@@ -22,6 +27,7 @@ from trainable.config import MixConfig, method_plan
 log = logging.getLogger(__name__)
 
 GROUP = "_group"  # config key shared by the seed repeats of one proposed configuration
+COMPLETION = "_completion"  # config key of a trial that completes a stopped seed of the chosen configuration
 
 
 def baseline_configs(budgets: list[int], fractions: list[float], seeds: int) -> list[dict[str, Any]]:
@@ -48,17 +54,20 @@ class ExperimentSearcher(Searcher):
     def __init__(self, space: dict[str, Any], fractions: list[float], seeds: int,
                  budgets: list[int], epoch_scale: float, num_samples: int,
                  inner: dict[float, Searcher] | None, metric: str | list[str], mode: str | list[str],
-                 baselines: bool = True, share_ssl: bool = False):
+                 baselines: bool = True, share_ssl: bool = False, complete: bool = True,
+                 max_concurrent: int | None = None):
         super().__init__(metric=metric, mode=mode)
-        self.share_ssl = share_ssl
+        self.share_ssl, self.complete, self.max_concurrent = share_ssl, complete, max_concurrent
         # Trials in their SSL-only phase: SSL key -> trial id -> [epoch reached, SSL-only epochs planned];
         # and the furthest SSL-only epoch any trial of a key has reached (and stored).
         self.ssl_running: dict[tuple, dict[str, list[int]]] = {}
         self.ssl_reached: dict[tuple, int] = {}
-        self.fractions, self.seeds, self.scale = list(fractions), seeds, epoch_scale
+        self.fractions, self.seeds, self.scale, self.budgets = list(fractions), seeds, epoch_scale, list(budgets)
         self.inner = inner
         searched, self.constants = split_space(space)
         self.queue: list[dict[str, Any]] = []
+        self.configs: dict[str, dict[str, Any]] = {}  # group -> its configuration (seed 0)
+        self.outcomes: dict[str, dict[int, dict | None]] = {}  # group -> seed -> final result (None: failed)
         if baselines:
             self.queue += baseline_configs(budgets, self.fractions, seeds)
         if inner is None:
@@ -69,19 +78,29 @@ class ExperimentSearcher(Searcher):
         else:
             self.remaining = {f: num_samples for f in self.fractions}
         self.groups: dict[str, dict[str, Any]] = {}  # inner trial id -> fraction and seed results
-        self.trial_group: dict[str, str] = {}
+        self.trial_group: dict[str, tuple[str, int]] = {}  # trial id -> (group, seed)
+        self.live: set[str] = set()  # trials suggested and not ended
+        self.completion_queued = False
+        self.completing: set[str] = set()  # trials that complete a stopped seed
         self.turn = 0
 
     @property
     def total_trials(self) -> int:
-        """Trials this searcher will create in all (Tune's num_samples)."""
+        """Trials the search plans, before completing stopped seeds."""
         return len(self.queue) + sum(self.remaining.values()) * self.seeds
+
+    @property
+    def max_trials(self) -> int:
+        """At most this many trials in all (Tune's num_samples): the plan, and at most every seed of the
+        chosen configuration of each (fraction, budget) completed again."""
+        return self.total_trials + (len(self.fractions) * len(self.budgets) * self.seeds if self.complete else 0)
 
     def _config(self, point: dict[str, Any], fraction: float, seed: int, group: str) -> dict[str, Any]:
         fields = to_config_fields({**self.constants, **point}, self.scale)
         return {"method": "mixtraining", **fields, "fraction": fraction, "seed": seed, GROUP: group}
 
     def _queue_group(self, group: str, point: dict[str, Any], fraction: float, first_seed: int) -> None:
+        self.configs[group] = self._config(point, fraction, 0, group)
         self.queue += [self._config(point, fraction, s, group) for s in range(first_seed, self.seeds)]
 
     # --- SSL-prefix sharing: do not start a trial whose prefix a running trial is about to store ---
@@ -112,15 +131,32 @@ class ExperimentSearcher(Searcher):
             if self._ready(cfg):
                 del self.queue[i]
                 if GROUP in cfg:
-                    self.trial_group[trial_id] = cfg[GROUP]
+                    self.trial_group[trial_id] = (cfg[GROUP], cfg["seed"])
+                if cfg.get(COMPLETION):
+                    self.completing.add(trial_id)
+                self.live.add(trial_id)
                 return self._started(trial_id, cfg)
         return None
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.max_concurrent and len(self.live) >= self.max_concurrent:
+            return None
         if (cfg := self._pop_ready(trial_id)) is not None:
             return cfg
         if self.queue:
             return None  # every queued trial waits for a prefix that a running trial is computing
+        if (cfg := self._propose(trial_id)) is not None or self.queue:
+            return cfg
+        if any(self.remaining.values()) or self.live:
+            return None  # waiting for results: for the inner searchers, or for the completion decision
+        if self.complete and not self.completion_queued:
+            self.completion_queued = True
+            self.queue += self.completions()
+            return self._pop_ready(trial_id) or (None if self.queue else Searcher.FINISHED)
+        return Searcher.FINISHED
+
+    def _propose(self, trial_id: str) -> dict[str, Any] | None:
+        """The next configuration of a per-fraction inner searcher, queued over all seeds; its first ready trial."""
         for _ in range(len(self.fractions)):
             f = self.fractions[self.turn % len(self.fractions)]
             self.turn += 1
@@ -138,10 +174,35 @@ class ExperimentSearcher(Searcher):
             self.groups[trial_id] = {"fraction": f, "results": []}
             self._queue_group(trial_id, point, f, first_seed=0)
             return self._pop_ready(trial_id)  # None while its SSL prefix is being computed
-        return None if self.queue else Searcher.FINISHED
+        return None
+
+    def completions(self) -> list[dict[str, Any]]:
+        """Trials that finish the chosen configuration of every (fraction, budget) on the seeds that were
+        stopped before the end: without them its test accuracy would average only the seeds the scheduler
+        let through, which favours it over the baselines, whose every seed runs to the end."""
+        from tuning.summary import CONFIG_KEYS, choose_best
+        rows = [{"group": g, "method": "mixtraining", "completion": False, "fraction": cfg["fraction"],
+                 "epochs": cfg["e_sl"], **{k: cfg.get(k, getattr(MixConfig, k)) for k in CONFIG_KEYS}, "seed": seed,
+                 "val_acc": (r or {}).get("val_acc"), "completed": bool(r and r.get("completed")), "failed": r is None}
+                for g, cfg in self.configs.items() for seed, r in self.outcomes.get(g, {}).items()]
+        if not rows:
+            return []
+        df = pd.DataFrame(rows)
+        out = []
+        for best in choose_best(df).to_dict("records"):
+            same = df[(df[["fraction", "epochs", *CONFIG_KEYS]] == pd.Series(best)[["fraction", "epochs",
+                                                                                    *CONFIG_KEYS]]).all(axis=1)]
+            finished = set(same[same["completed"] | same["failed"]]["seed"])
+            for seed in sorted(set(same["seed"]) - finished):  # stopped, never completed
+                group = same[same["seed"] == seed]["group"].iloc[0]
+                out.append({**self.configs[group], "seed": seed, COMPLETION: True})
+        if out:
+            log.info("completing the chosen configurations on %d stopped seed(s)", len(out))
+        return out
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # The inner searchers learn from the mean over seeds, at completion; here only the SSL progress.
+        self.live.add(trial_id)  # (a trial restored after a crash reports again)
         if result.get("phase") != "ssl":
             self._left_ssl(trial_id)
             return
@@ -152,7 +213,10 @@ class ExperimentSearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._left_ssl(trial_id)
-        group_id = self.trial_group.pop(trial_id, None)
+        self.live.discard(trial_id)
+        group_id, seed = self.trial_group.pop(trial_id, (None, None))
+        if group_id is not None and trial_id not in self.completing:
+            self.outcomes.setdefault(group_id, {})[seed] = None if error or not result else result
         group = self.groups.get(group_id)
         if group is None:  # a baseline or a grid point: nothing to learn
             return
@@ -175,3 +239,37 @@ class ExperimentSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+class ExperimentSearch(SearchGenerator):
+    """Ray Tune's SearchGenerator around an ExperimentSearcher, resumable with new run settings.
+
+    On restore Tune brings back the experiment spec it saved when the search started, storage path
+    and failure budget included, and the searcher's own state: a moved experiment's new trials would
+    be written to its old location (Ray 2.60), and a new failure budget or concurrency ignored.
+    `resume_with` gives the values of this run, applied once the saved state is restored.
+    """
+
+    def __init__(self, searcher: ExperimentSearcher):
+        super().__init__(searcher)
+        self.spec_now: dict[str, Any] = {}
+        self.max_concurrent_now: int | None = None
+
+    def resume_with(self, storage_path: str, name: str, max_failures: int, max_concurrent: int | None) -> None:
+        self.spec_now = {"storage_path": storage_path, "name": name, "max_failures": max_failures}
+        self.max_concurrent_now = max_concurrent
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(dirpath)
+        if not self.spec_now:
+            return
+        import copy
+
+        from ray.train._internal.storage import get_fs_and_path
+        spec = self._experiment.spec
+        # As Tune's controller moves the storage of the trials it restores (TuneController._restore_trials).
+        storage = copy.copy(spec["storage"])
+        storage.storage_filesystem, storage.storage_fs_path = get_fs_and_path(self.spec_now["storage_path"], None)
+        storage.experiment_dir_name = self.spec_now["name"]
+        spec.update(storage=storage, max_failures=self.spec_now["max_failures"])
+        self.searcher.max_concurrent = self.max_concurrent_now

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "mixtraining"
 # Per-epoch metrics logged with step = epoch; NaN (no classifier yet) is skipped.
-EPOCH_METRICS = ("loss_ssl", "loss_sl", "val_acc", "lr", "epoch_time_s", "train_time_s", "compute_gtok",
-                 "images_per_s", "sl_epochs", "ssl_epochs_reused", "ssl_time_reused_s", "alpha", "lam")
+EPOCH_METRICS = ("loss_ssl", "loss_sl", "val_acc", "lr", "epoch_time_s", "train_time_s", "calibrated_time_s",
+                 "compute_tflop", "images_ssl", "images_mix", "images_sl", "images_per_s", "sl_epochs",
+                 "ssl_epochs_reused", "ssl_time_reused_s", "alpha", "lam")
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -66,12 +67,21 @@ def start_parent(uri: str, experiment: str, name: str, params: dict[str, Any]) -
     return run.info.run_id
 
 
+def end_run(uri: str, run_id: str, status: str) -> None:
+    """End a run if it still exists (a search started afresh ends its first attempt's parent)."""
+    try:
+        client(uri).set_terminated(run_id, status=status)
+    except Exception as e:  # noqa: BLE001 - MlflowException or a connection error: nothing to end
+        log.warning("could not end MLflow run %s: %s", run_id, e)
+
+
 def trial_params(config: dict[str, Any]) -> dict[str, str]:
     """The resolved engine config plus e_mix and the phase plan."""
     cfg = MixConfig.from_trial(config)
     p = plan(cfg)
     out = {k: _param_str(v) for k, v in cfg.to_dict().items()}
-    out.update(e_mix=str(p.mix), plan_ssl_epochs=str(p.ssl), plan_mix_epochs=str(p.mix), plan_sl_epochs=str(p.sl))
+    out.update(e_mix=str(p.mix), plan_ssl_epochs=str(p.ssl), plan_mix_epochs=str(p.mix), plan_sl_epochs=str(p.sl),
+               epoch_scale=str(config.get("_epoch_scale", 1.0)))
     return out
 
 
@@ -123,6 +133,8 @@ class MLflowTracking(tune.Callback):
                 "trial_name": str(trial)}
         if cfg.get("_group"):
             tags["config_group"] = str(cfg["_group"])
+        if cfg.get("_completion"):
+            tags["completion"] = "true"  # completes a seed the scheduler had stopped
         run = self.c.create_run(self._exp_id, run_name=f"{cfg['method']}-{tid}", tags=tags)
         from mlflow.entities import Param
         self.c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in trial_params({**self.base, **cfg}).items()])
@@ -181,33 +193,42 @@ class MLflowTracking(tune.Callback):
         plt.close(fig)
 
 
-def finish_parent(uri: str, parent: str, df, table, best_checkpoint) -> None:
-    """The parent's artifacts: the comparison table, accuracy vs time (Fig. 1), the best model."""
+def finish_parent(uri: str, parent: str, df, table, best_checkpoint, step_seconds=None) -> None:
+    """The parent's artifacts: the comparison table and paired statistics, Fig. 1, the best model."""
     import matplotlib.pyplot as plt
-    import torch
 
-    from trainable.tune_trainable import CHECKPOINT_FILE
-    from tuning.plots import accuracy_vs_time_figure
-    from tuning.summary import format_table
+    from tuning.plots import accuracy_vs_cost_figure
+    from tuning.summary import format_paired, format_table, paired_stats
 
     c = client(uri)
     drop_orphans(c, parent, set(df["trial_id"].dropna()))
     if "ssl_epochs_reused" in df:
         c.log_metric(parent, "ssl_epochs_reused", float(df["ssl_epochs_reused"].sum()))
         c.log_metric(parent, "ssl_time_saved_s", float(df["ssl_time_reused_s"].sum()))
+    for kind, seconds in (step_seconds or {}).items():  # the calibration behind the time column
+        c.log_metric(parent, f"seconds_per_image_{kind}", float(seconds))
     if not table.empty:
+        paired = paired_stats(df)
         c.log_text(parent, table.to_csv(index=False), "comparison.csv")
-        c.log_text(parent, format_table(table) + "\n", "comparison.md")
-    fig = accuracy_vs_time_figure(df)
-    c.log_figure(parent, fig, "accuracy_vs_time.png")
+        c.log_text(parent, paired.to_csv(index=False), "paired.csv")
+        c.log_text(parent, format_table(table) + "\n\n" + format_paired(paired) + "\n", "comparison.md")
+    fig = accuracy_vs_cost_figure(df)
+    c.log_figure(parent, fig, "accuracy_vs_cost.png")
     plt.close(fig)
     if best_checkpoint is not None:
-        with best_checkpoint.as_directory() as d:
-            weights = os.path.join(d, CHECKPOINT_FILE)
-            c.log_artifact(parent, weights, "best_model")
-            state = torch.load(weights, weights_only=True, map_location="cpu")
-            c.log_dict(parent, state["config"], "best_model/config.json")
+        log_best_model(c, parent, best_checkpoint)
     c.set_terminated(parent, status="FINISHED")
+
+
+def log_best_model(c, parent: str, checkpoint) -> None:
+    import torch
+
+    from trainable.tune_trainable import CHECKPOINT_FILE
+    with checkpoint.as_directory() as d:
+        weights = os.path.join(d, CHECKPOINT_FILE)
+        c.log_artifact(parent, weights, "best_model")
+        state = torch.load(weights, weights_only=True, map_location="cpu")
+        c.log_dict(parent, state["config"], "best_model/config.json")
 
 
 def drop_orphans(c, parent: str, trial_ids: set[str]) -> None:

@@ -1,0 +1,95 @@
+"""tuning.summary on hand-made result tables: choice on validation, no survivorship, common seeds, paired
+statistics against a t-interval computed here, contention-free speedups, nothing pooled that differs."""
+import math
+import statistics
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from tuning.summary import choose_best, comparison_table, format_paired, format_table, paired_stats, trial_row
+
+
+def row(method, seed, val, test, alpha=0.5, rho=0.5, completed=True, error=None, completion=False,
+        dataset="digits", time=10.0, tflop=1.0, wall=20.0):
+    config = {"method": method, "datasets": [dataset], "model": "tiny", "fraction": 1.0, "e_ssl": 10, "e_sl": 10,
+              "seed": seed, "alpha": alpha, "rho": rho, "_completion": completion, "_epoch_scale": 0.1}
+    metrics = {"val_acc": val, "test_acc": test, "calibrated_time_s": time, "compute_tflop": tflop,
+               "train_time_s": wall, "trial_id": f"{method}-{seed}-{alpha}-{rho}-{completion}"}
+    return trial_row(config, metrics, completed=completed, error=error)
+
+
+def frame(*rows):
+    return pd.DataFrame(list(rows))
+
+
+BASELINES = [row("sl", s, 0.5, t, time=5, tflop=1.0) for s, t in ((0, 0.50), (1, 0.54), (2, 0.46))] + \
+            [row("ssl_sl", s, 0.6, t, time=20, tflop=4.0) for s, t in ((0, 0.60), (1, 0.66), (2, 0.63))]
+
+
+def test_choose_best__on_validation_not_test_among_completed_runs_of_the_search_proper():
+    df = frame(*BASELINES,
+               row("mixtraining", 0, val=0.90, test=0.10, alpha=0.1),  # best on validation, poor on test
+               row("mixtraining", 0, val=0.70, test=0.99, alpha=0.9),
+               row("mixtraining", 0, val=0.99, test=0.99, alpha=0.5, completed=False),  # stopped: no final value
+               row("mixtraining", 0, val=0.95, test=0.99, alpha=0.3, completion=True))  # added later: not a choice
+    best = choose_best(df)
+    assert len(best) == 1 and best.iloc[0]["alpha"] == 0.1 and best.iloc[0]["tried"] == 4
+
+
+def test_comparison_table__chosen_configuration_over_every_common_seed_including_completed_ones():
+    mix = [row("mixtraining", 0, 0.9, 0.70, time=12, tflop=3.0),
+           row("mixtraining", 1, 0.2, 0.40, completed=False),  # stopped by the scheduler ...
+           row("mixtraining", 1, 0.8, 0.64, completion=True, time=12, tflop=3.0),  # ... then completed
+           row("mixtraining", 2, 0.8, 0.67, time=12, tflop=3.0),
+           row("mixtraining", 0, 0.5, 0.99, alpha=0.9),
+           row("mixtraining", 1, 0.5, 0.99, alpha=0.9, error="boom", completed=False)]
+    table = comparison_table(frame(*BASELINES, *mix)).set_index("method")
+    assert table.loc["mixtraining", "seeds"] == table.loc["sl", "seeds"] == table.loc["ssl_sl", "seeds"] == 3
+    assert table.loc["mixtraining", "test_acc_mean"] == pytest.approx(statistics.mean([0.70, 0.64, 0.67]))
+    assert table.loc["mixtraining", "test_acc_std"] == pytest.approx(statistics.stdev([0.70, 0.64, 0.67]))
+    assert table.loc["sl", "test_acc_mean"] == pytest.approx(0.50)
+    assert table.loc["mixtraining", "alpha"] == 0.5 and table.loc["mixtraining", "tried"] == 2
+    assert table.loc["mixtraining", "speedup_calibrated_time_s"] == pytest.approx(20 / 12)
+    assert table.loc["mixtraining", "speedup_compute_tflop"] == pytest.approx(4 / 3)
+    assert math.isnan(table.loc["ssl_sl", "speedup_compute_tflop"])
+
+
+def test_comparison_table__a_seed_missing_for_one_method_is_left_out_of_every_row_of_its_group():
+    df = frame(*[r for r in BASELINES if not (r["method"] == "sl" and r["seed"] == 2)],
+               row("sl", 2, 0.5, 0.1, error="crashed", completed=False),
+               *[row("mixtraining", s, 0.8, t) for s, t in ((0, 0.7), (1, 0.6), (2, 0.2))])
+    table = comparison_table(df).set_index("method")
+    assert (table["seeds"] == 2).all()
+    assert table.loc["mixtraining", "test_acc_mean"] == pytest.approx(0.65)  # seeds 0 and 1 only
+    assert table.loc["ssl_sl", "test_acc_mean"] == pytest.approx(0.63)
+
+
+def test_comparison_table__runs_on_other_data_get_rows_of_their_own():
+    other = [row(m, s, 0.9, 0.9, dataset="mnist") for m in ("sl", "ssl_sl", "mixtraining") for s in (0, 1)]
+    df = frame(*BASELINES, *[row("mixtraining", s, 0.8, 0.7) for s in (0, 1, 2)], *other)
+    table = comparison_table(df)
+    assert len(table) == 6 and set(table["datasets"]) == {"digits", "mnist"}
+    assert table.groupby("datasets")["seeds"].max().to_dict() == {"digits": 3, "mnist": 2}
+    assert "| datasets |" in format_table(table).splitlines()[0]  # shown, since it varies
+
+
+def test_paired_stats__mean_and_t_interval_of_the_per_seed_differences():
+    mix = [row("mixtraining", s, 0.8, t) for s, t in ((0, 0.70), (1, 0.64), (2, 0.69))]
+    paired = paired_stats(frame(*BASELINES, *mix)).set_index("versus")
+    d = [0.70 - 0.60, 0.64 - 0.66, 0.69 - 0.63]
+    mean, sem = statistics.mean(d), statistics.stdev(d) / math.sqrt(3)
+    half = stats.t.ppf(0.975, 2) * sem  # 4.30 standard errors with two degrees of freedom
+    r = paired.loc["ssl_sl"]
+    assert r["n"] == 3 and r["mean_diff"] == pytest.approx(mean)
+    assert (r["ci_low"], r["ci_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert not r["excludes_zero"]
+    sl = paired.loc["sl"]  # 0.20, 0.10, 0.23 above SL: an interval clear of zero
+    assert sl["excludes_zero"] and sl["ci_low"] > 0
+    text = format_paired(paired.reset_index())
+    assert "MixTraining - SL (fraction 1, epochs 10): +17.67 points, 95% CI [" in text and " *" in text
+
+
+def test_paired_stats__one_seed_has_no_interval():
+    df = frame(*[r for r in BASELINES if r["seed"] == 0], row("mixtraining", 0, 0.8, 0.7))
+    assert "n=1: one seed, no interval exists" in format_paired(paired_stats(df))

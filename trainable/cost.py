@@ -1,0 +1,77 @@
+"""What a run costs, independent of whatever else runs on the machine.
+
+- `step_flops`: the floating-point operations of one training step (forward and backward) per
+  image, for each step kind (SSL, mix merged or separate, SL), counted by PyTorch's own
+  `FlopCounterMode` once per model and kind, attention included. FLOPs depend on neither the
+  weights nor the device, so they are counted on the CPU with a batch of two and the attention
+  written as explicit matrix products (which the counter sees whatever kernel runs them).
+- `calibrate`: seconds per image of each step kind on a device with nothing else running on it.
+  The search measures this once, on one trial's resources before any trial starts, so that time
+  speedups compare epoch costs rather than how trials happened to share the machine.
+"""
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from trainable.models import MixViT, ModelConfig
+
+if TYPE_CHECKING:
+    from trainable.engine import Engine
+
+KINDS = ("ssl", "mix", "sl")
+
+
+@functools.lru_cache(maxsize=None)
+def step_flops(model_cfg: ModelConfig, classes: tuple[int, ...], kind: str, mix_step: str = "merged") -> float:
+    """Forward + backward FLOPs per image of one `kind` step ("ssl", "mix" or "sl") of this model."""
+    from trainable.engine import mix_step as merged, separate_mix_step, sl_step, ssl_step
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MixViT(model_cfg, list(classes))
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    per_task = 2
+    x = torch.zeros(per_task * len(classes), model.in_chans, model_cfg.img_size, model_cfg.img_size)
+    labels = [torch.zeros(per_task, dtype=torch.long) for _ in classes]
+    gen = torch.Generator().manual_seed(0)
+    with FlopCounterMode(display=False) as counter:
+        if kind == "ssl":
+            out = ssl_step(model, x, 0.75, gen)
+        elif kind == "sl":
+            out = sl_step(model, x, labels)
+        else:
+            out = (merged if mix_step == "merged" else separate_mix_step)(model, x, labels, 0.5, 0.75, gen)
+        out.loss.backward()
+    return counter.get_total_flops() / len(x)
+
+
+def calibrate(engine: "Engine", steps: int = 8, reps: int = 3, max_seconds: float = 60.0) -> dict[str, float]:
+    """Seconds per image of an SSL, a mix and an SL step of `engine`'s model and data on its device:
+    the median of `reps` interleaved timings of `steps` steps each, after one warm-up step per kind.
+
+    On a slow device the steps are cut so the whole calibration stays near `max_seconds`.
+    `engine` is used up (its weights and optimiser move): pass a throwaway one.
+    """
+    first = {}
+    for kind in KINDS:  # warm-up (lazy initialisation, compilation), which also sizes the timed runs
+        t0 = time.perf_counter()
+        images = engine.train_steps(kind, 1)
+        first[kind] = (time.perf_counter() - t0) / images
+    per_image = sum(first.values())
+    images_per_step = engine.cfg.batch_size
+    steps = max(1, min(steps, int(max_seconds / (reps * images_per_step * per_image))))
+    times: dict[str, list[float]] = {k: [] for k in KINDS}
+    for rep in range(reps):
+        for kind in KINDS:
+            t0 = time.perf_counter()
+            images = engine.train_steps(kind, steps, seed=rep + 1)
+            times[kind].append((time.perf_counter() - t0) / images)
+    return {k: statistics.median(v) for k, v in times.items()}
