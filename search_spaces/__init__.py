@@ -81,7 +81,7 @@ def get_space(name: str, different_ssl_data: bool = False) -> dict[str, Any]:
     return space
 
 
-def _values(domain: Any) -> list[Any]:
+def values(domain: Any) -> list[Any]:
     """The finite values of a dimension, for grids and epoch budgets."""
     if not isinstance(domain, Domain):
         return [domain]
@@ -97,12 +97,12 @@ def _values(domain: Any) -> list[Any]:
 def grid(space: dict[str, Any]) -> list[dict[str, Any]]:
     """Every combination of the space's values, in a stable order."""
     keys = list(space)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(_values(space[k]) for k in keys))]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(values(space[k]) for k in keys))]
 
 
 def epoch_budgets(space: dict[str, Any], scale: float = 1.0) -> list[int]:
     """The distinct epoch budgets of a space after scaling (baselines run once per budget)."""
-    return sorted({scale_epochs(v, scale) for v in _values(space.get(EPOCHS, space.get("e_sl", 100)))})
+    return sorted({scale_epochs(v, scale) for v in values(space.get(EPOCHS, space.get("e_sl", 100)))})
 
 
 def scale_epochs(epochs: int, scale: float) -> int:

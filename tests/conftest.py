@@ -87,4 +87,5 @@ def tracked_search(ray_cluster, mlflow_server, tmp_path_factory):
     df, out = run_search_cli(tmp, "--space", "smoke", "--name", "tracked", "--num-samples", "2",
                              "--scheduler", "fifo", "--seeds", "2", "--mlflow-uri", mlflow_server,
                              "--experiment", "tracked")
+    df.attrs["storage"] = tmp  # the experiment is tmp / "tracked"
     return df, out, MlflowClient(mlflow_server)

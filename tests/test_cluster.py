@@ -1,11 +1,16 @@
-"""cluster.yaml against Ray's schema, and a real two-node search that loses a worker node."""
+"""cluster.yaml against Ray's schema; what a search makes of a cluster's nodes and its autoscaler's node types;
+real multi-node searches on this machine: worker nodes that join after the search starts and one that is lost,
+and a fake autoscaler that starts the worker a search's trials need."""
 import copy
+import json
 import os
+import re
+import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +19,9 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from tests_helpers import TINY, trial_results
+from tests_helpers import NO_GPU, TINY, free_port, kill_session, trial_results
+from tuning import cluster, search
+from tuning.cluster import AUTOSCALE, FITS, IMPOSSIBLE, WAIT
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,69 +63,191 @@ def test_cluster_yaml__only_ssh_is_open_and_servers_bind_to_loopback(cluster_yam
     assert [(p["FromPort"], p["ToPort"]) for p in perms] == [(22, 22)]
     head = " ".join(cluster_yaml["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head
-    assert "mlflow server" in head and "--host 127.0.0.1" in head and "0.0.0.0" not in head
+    assert "tuning.mlflow_store serve" in head and "--host 127.0.0.1" in head and "0.0.0.0" not in head
 
 
-# --- a real multi-node run on this machine ------------------------------------------------------
+def test_cluster_yaml__token_authentication_on_every_node_without_a_token_in_the_file(cluster_yaml):
+    text = (REPO / "cluster.yaml").read_text()
+    assert "--env RAY_AUTH_MODE=token" in cluster_yaml["docker"]["run_options"]  # head and workers alike
+    assert cluster_yaml["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    assert not re.search(r"[0-9a-f]{32,}", text), "a token (or other secret) is written in cluster.yaml"
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def test_cluster_yaml__mlflow_results_live_in_the_bucket(cluster_yaml):
+    serve = " ".join(cluster_yaml["head_start_ray_commands"])
+    assert '--backup "$MIXTUNE_BUCKET/mlflow.db"' in serve and '--artifacts "$MIXTUNE_BUCKET/mlflow-artifacts"' in serve
+    assert "--env MIXTUNE_BUCKET=s3://" in " ".join(cluster_yaml["docker"]["run_options"])
+
+
+# --- what the search makes of a cluster (no Ray) -----------------------------------------------------
+
+AUTOSCALING = {  # an autoscaling config as `ray start --autoscaling-config` reads it
+    "max_workers": 4, "head_node_type": "head",
+    "available_node_types": {
+        "head": {"resources": {"CPU": 0}},
+        "gpu_worker": {"resources": {"CPU": 4, "GPU": 1}, "min_workers": 0, "max_workers": 2},
+        "cpu_worker": {"resources": {"CPU": 8}},  # max_workers: the cluster's
+        "retired": {"resources": {"CPU": 64, "GPU": 8}, "max_workers": 0},
+    }}
+HEAD = {"CPU": 0.0, "memory": 1e9}  # a head that runs no trials, as ray.nodes() reports it
+TYPES = cluster.node_types(AUTOSCALING)
+
+
+def test_node_types__the_workers_an_autoscaler_may_launch_without_the_head_or_max_workers_0():
+    assert [(t.name, t.resources, t.max_workers) for t in TYPES] == [
+        ("gpu_worker", {"CPU": 4, "GPU": 1}, 2), ("cpu_worker", {"CPU": 8}, 4)]
+    assert cluster.node_types({**AUTOSCALING, "max_workers": 0}) == []
+    assert cluster.node_types({}) == []
+
+
+def test_node_types__cluster_yaml_offers_gpu_workers_that_state_their_cpus_and_gpus(cluster_yaml):
+    assert [(t.name, t.resources) for t in cluster.node_types(cluster_yaml)] == [("gpu_worker", {"CPU": 4, "GPU": 1})]
+
+
+@pytest.mark.parametrize("cpus, gpus, alive, types, wait_s, verdict, fitting", [
+    (1, 0, [HEAD, {"CPU": 2.0}], TYPES, 0, FITS, []),  # a worker is there
+    (1, 0.25, [HEAD], TYPES, 0, AUTOSCALE, ["gpu_worker"]),  # the README's cluster, scaled down to zero
+    (4, 0, [HEAD], TYPES, 0, AUTOSCALE, ["gpu_worker", "cpu_worker"]),
+    (1, 2, [HEAD], TYPES, 0, IMPOSSIBLE, []),  # no type has 2 GPUs (the one that had may launch none)
+    (1, 2, [HEAD], TYPES, 60, WAIT, []),  # ... unless the user said they start such nodes themselves
+    (1, 0, [HEAD], [], 0, IMPOSSIBLE, []),  # no autoscaler
+    (1, 0, [HEAD], [], 120, WAIT, []),  # no autoscaler, --wait-for-nodes 120
+    (1, 1, [{"CPU": 2.0}], [], 0, IMPOSSIBLE, []),  # a local instance without a GPU
+    (1, 0, [], [], 0, IMPOSSIBLE, []),
+])
+def test_decide__fits_now_wait_for_the_autoscaler_wait_for_manual_nodes_or_impossible(
+        cpus, gpus, alive, types, wait_s, verdict, fitting):
+    got, fit = cluster.decide(cpus, gpus, alive, types, wait_s)
+    assert (got, [t.name for t in fit]) == (verdict, fitting)
+
+
+def test_no_node_message__names_the_node_types_and_offers_gpus_per_trial_0_only_without_gpus():
+    msg = search.no_node_message(1, 2, [HEAD], TYPES)
+    assert msg == ("no node can run a trial needing 1 CPU and 2 GPU (nodes have: 0 CPU, 0 GPU; the autoscaler can "
+                   "add: gpu_worker node (4 CPU, 1 GPU), cpu_worker node (8 CPU, 0 GPU)). "
+                   "Lower --cpus-per-trial / --gpus-per-trial")
+    assert search.no_node_message(1, 1, [HEAD], [], waited_s=5).endswith(
+        "(nodes have: 0 CPU, 0 GPU) and none that can joined within --wait-for-nodes 5 s. Lower --cpus-per-trial / "
+        "--gpus-per-trial (no GPU here: use --gpus-per-trial 0)")
+
+
+def test_wait_for_nodes__returns_when_a_node_that_can_hold_a_trial_joins_and_fails_when_none_does(monkeypatch):
+    polls = iter([[HEAD], [HEAD, {"CPU": 0.5}], [HEAD, {"CPU": 2.0}]])
+    monkeypatch.setattr(search, "alive_resources", lambda: next(polls))
+    search.wait_for_nodes(1, 0, 60, "10.0.0.5:6379", [], poll_s=0.01)
+    assert next(polls, "all polled") == "all polled"
+    monkeypatch.setattr(search, "alive_resources", lambda: [HEAD])
+    start = time.monotonic()
+    with pytest.raises(search.UsageError, match="none that can joined within --wait-for-nodes 0.2 s"):
+        search.wait_for_nodes(1, 0, 0.2, "10.0.0.5:6379", [], poll_s=0.05)
+    assert time.monotonic() - start < 2
+
+
+MONITOR = [sys.executable, "-u", "/venv/lib/python3.11/site-packages/ray/autoscaler/_private/monitor.py",
+           "--logs-dir=/tmp/ray/session_latest/logs"]
+
+
+def _fake_proc(root: Path, processes: dict[int, tuple[list[str], Path]]) -> Path:
+    """A /proc holding the given processes: pid -> (command line, working folder)."""
+    for pid, (argv, cwd) in processes.items():
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "cmdline").write_bytes("\0".join(argv).encode() + b"\0")
+        (root / str(pid) / "cwd").symlink_to(cwd)
+    (root / "self").mkdir(parents=True, exist_ok=True)  # not a pid: passed over
+    return root
+
+
+@pytest.fixture
+def launcher_config(tmp_path):
+    path = tmp_path / "ray_bootstrap_config.yaml"
+    path.write_text(json.dumps(AUTOSCALING))  # `ray up` writes it as JSON, which YAML reads
+    return path
+
+
+def test_autoscaling_config_path__from_this_clusters_monitor_not_another_ones_or_the_launchers(
+        tmp_path, launcher_config):
+    proc = _fake_proc(tmp_path / "proc", {
+        10: ([*MONITOR, "--gcs-address=10.0.0.5:6380", "--autoscaling-config=/other/cluster.yaml"], tmp_path),
+        11: ([*MONITOR, "--gcs-address=10.0.0.5:6379", "--autoscaling-config=/etc/mine.yaml"], tmp_path),
+        12: (["python", "train.py", "--gcs-address=10.0.0.5:6379", "--autoscaling-config=/not/a/monitor"], tmp_path)})
+    assert cluster.autoscaling_config_path("10.0.0.5:6379", proc, str(launcher_config)) == Path("/etc/mine.yaml")
+    # The driver named the head by another address: the one monitor on the GCS port is still this cluster's.
+    assert cluster.autoscaling_config_path("127.0.0.1:6379", proc, str(launcher_config)) == Path("/etc/mine.yaml")
+
+
+def test_autoscaling_config_path__relative_to_the_monitors_folder_and_home_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    proc = _fake_proc(tmp_path / "proc", {
+        20: ([*MONITOR, "--gcs-address=127.0.0.1:6379", "--autoscaling-config=conf/a.yaml"], tmp_path),
+        21: ([*MONITOR, "--gcs-address=127.0.0.1:7000", "--autoscaling-config=~/b.yaml"], tmp_path)})
+    assert cluster.autoscaling_config_path("127.0.0.1:6379", proc) == tmp_path.resolve() / "conf" / "a.yaml"
+    assert cluster.autoscaling_config_path("127.0.0.1:7000", proc) == tmp_path / "home" / "b.yaml"
+
+
+def test_autoscaling_config_path__none_for_a_monitor_without_config_else_the_launchers_when_present(
+        tmp_path, launcher_config):
+    readonly = _fake_proc(tmp_path / "readonly", {30: ([*MONITOR, "--gcs-address=127.0.0.1:6379"], tmp_path)})
+    assert cluster.autoscaling_config_path("127.0.0.1:6379", readonly, str(launcher_config)) is None
+    nothing = _fake_proc(tmp_path / "nothing", {})
+    assert cluster.autoscaling_config_path("127.0.0.1:6379", nothing, str(launcher_config)) == launcher_config
+    assert cluster.autoscaling_config_path("127.0.0.1:6379", nothing, str(tmp_path / "absent.yaml")) is None
+
+
+def test_launchable_node_types__read_from_the_config_and_none_from_an_unreadable_one(
+        tmp_path, monkeypatch, launcher_config, caplog):
+    monkeypatch.setattr(cluster, "autoscaling_config_path", lambda address: launcher_config)
+    assert cluster.launchable_node_types("127.0.0.1:6379") == TYPES
+    launcher_config.write_text("available_node_types: [not, a, mapping")
+    assert cluster.launchable_node_types("127.0.0.1:6379") == []
+    assert "could not read the autoscaling config" in caplog.text
+
+
+# --- real multi-node runs on this machine ------------------------------------------------------------
+
+DRIVER_ENV = {**NO_GPU, "RAY_AUTH_MODE": "disabled"}  # Ray 2.60 turns token auth on for new clusters
 
 
 def _start_node(args, log):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     return subprocess.Popen(["ray", "start", "--block", "--disable-usage-stats", *args], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
+                            stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **DRIVER_ENV})
 
 
-def _kill_session(proc, sig=signal.SIGKILL):
-    """Every process of a node: `ray start --block` leads a session; its workers have their own groups."""
-    pids = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    for pid in pids:
-        try:
-            os.kill(int(pid), sig)
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        _kill_session(proc, signal.SIGKILL)
-
-
-def _wait_for_nodes(address, n, timeout=60):
-    """Poll `ray status`-like state through a short-lived subprocess (this process is on another cluster)."""
-    code = (f"import ray; ray.init(address='{address}', logging_level='ERROR');"
-            f"print(sum(1 for x in ray.nodes() if x['Alive']))")
+def _wait_for_output(proc, log: Path, text: str, timeout: float = 90) -> None:
+    """Until the running process `proc` has written `text` to `log`."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-        if r.stdout.strip().isdigit() and int(r.stdout.strip()) >= n:
-            return
-        time.sleep(1)
-    raise TimeoutError(f"cluster at {address} never had {n} nodes")
+    while text not in log.read_text():
+        assert proc.poll() is None, f"exited {proc.returncode} before saying {text!r}: {log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"never said {text!r}: {log.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+def _search_cmd(address: str, storage: Path, name: str, *argv: str) -> list[str]:
+    return [sys.executable, str(REPO / "tuning" / "search.py"), *TINY, "--space", "smoke", "--name", name,
+            "--scheduler", "fifo", "--storage-path", str(storage), "--address", address, *argv]
 
 
 @pytest.mark.slow
 def test_search_on_two_nodes_survives_losing_the_worker_node(tmp_path):
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     head = _start_node(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=0",
                         "--include-dashboard=false"], tmp_path / "head.log")
     procs = [head]
     driver = None
     try:
-        procs.append(_start_node([f"--address={address}", "--num-cpus=2"], tmp_path / "worker1.log"))
-        _wait_for_nodes(address, 2)
+        _wait_for_output(head, tmp_path / "head.log", "Ray runtime started")
         store = tmp_path / "mlflow.db"
-        cmd = [sys.executable, str(REPO / "tuning" / "search.py"), *TINY, "--space", "smoke", "--name", "multi",
-               "--num-samples", "2", "--scheduler", "fifo", "--epoch-scale", "3", "--storage-path",
-               str(tmp_path / "results"), "--address", address, "--max-failures", "3",
-               "--mlflow-uri", f"sqlite:///{store}", "--experiment", "multi"]
+        # Started before any node can run a trial (the head has no CPU and no autoscaler): it waits for one.
+        cmd = _search_cmd(address, tmp_path / "results", "multi", "--num-samples", "2", "--epoch-scale", "3",
+                          "--max-failures", "3", "--mlflow-uri", f"sqlite:///{store}", "--experiment", "multi",
+                          "--wait-for-nodes", "120")
         driver = subprocess.Popen(cmd, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+                                  start_new_session=True, env={**os.environ, **DRIVER_ENV})
+        _wait_for_output(driver, tmp_path / "driver.log", "waiting up to 120 s for a node that can run a trial "
+                         "needing 1 CPU and 0 GPU; start one with: ray start --address=")
+        # Ray names the head by this machine's address rather than 127.0.0.1: the port says it is this cluster.
+        assert f":{port}\n" in (tmp_path / "driver.log").read_text()
+        procs.append(_start_node([f"--address={address}", "--num-cpus=2"], tmp_path / "worker1.log"))
         exp = tmp_path / "results" / "multi"
         deadline = time.time() + 240
         while time.time() < deadline:  # kill the node once some trial has checkpointed and is still running
@@ -128,15 +257,15 @@ def test_search_on_two_nodes_survives_losing_the_worker_node(tmp_path):
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             time.sleep(0.2)
         assert running, "no trial reached its second epoch"
-        _kill_session(procs[1])  # SIGKILL: the raylet and every worker of the node, by pid
+        kill_session(procs[1])  # SIGKILL: the raylet and every worker of the node, by pid
         at_kill = {t: rs[-1]["epoch"] for t, rs in trial_results(exp).items()}
         procs.append(_start_node([f"--address={address}", "--num-cpus=2"], tmp_path / "worker2.log"))
         assert driver.wait(timeout=420) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         if driver and driver.poll() is None:
-            _kill_session(driver)
+            kill_session(driver)
         for p in reversed(procs):
-            _kill_session(p, signal.SIGTERM)
+            kill_session(p, signal.SIGTERM)
 
     results = trial_results(exp)
     assert len(results) == 4  # 2 baselines + 2 samples, and nothing lost
@@ -154,3 +283,91 @@ def test_search_on_two_nodes_survives_losing_the_worker_node(tmp_path):
                           "where t.key = 'trial_id'").fetchall()
     assert sorted(tid for _, tid in rows) == sorted(results)
     assert {status for status, _ in rows} == {"FINISHED"}
+
+
+# --- scaling from zero workers with Ray's fake multi-node autoscaler ------------------------------------
+
+FAKE_WORKER = "cpu_worker"
+
+
+def _fake_autoscaling_config(port: int) -> dict:
+    """A head that runs no trials and one worker type from zero, launched by Ray's `fake_multinode` provider
+    as raylets on this machine. Ray's wheel lacks the provider's defaults file, so every field is given."""
+    return {
+        "cluster_name": f"fake-{port}", "max_workers": 1, "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 1,  # keeps the worker between the cost calibration and the trials
+        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{port}", "use_node_id_as_ip": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            FAKE_WORKER: {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0, "max_workers": 1}},
+        "head_node_type": "ray.head.default",
+        "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [], "rsync_exclude": [],
+        "rsync_filter": [], "file_mounts_sync_continuously": False, "initialization_commands": [],
+        "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+        "worker_start_ray_commands": []}
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line names `text`: every raylet, GCS and worker of a cluster names its temp dir."""
+    return [pid for pid, argv in cluster.command_lines().items()
+            if pid != os.getpid() and any(text in a for a in argv)]
+
+
+def _end_cluster(head: subprocess.Popen, temp_dir: Path) -> None:
+    """The head's session (its processes and the fake workers the autoscaler started under it), then anything
+    left that names the cluster's temp dir, all by pid: never `ray stop`, which would end every cluster here."""
+    kill_session(head, signal.SIGKILL)
+    deadline = time.time() + 30
+    while (left := _processes_mentioning(str(temp_dir))) and time.time() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    assert not left, f"processes of the test's cluster outlived it: {left}"
+
+
+@pytest.fixture
+def fake_autoscaling_cluster(tmp_path):
+    """A head with no CPU whose autoscaler starts a {"CPU": 2} worker when work waits for one; yields its address."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="rfa", dir="/tmp"))  # short: Ray's socket paths stay < 108 characters
+    port = free_port()
+    config = tmp_path / "autoscaling.json"
+    config.write_text(json.dumps(_fake_autoscaling_config(port)))
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--num-cpus=0", f"--port={port}", "--node-ip-address=127.0.0.1",
+         f"--autoscaling-config={config}", f"--temp-dir={temp_dir}", "--include-dashboard=false",
+         f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"],  # the default port may be taken
+        stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, **DRIVER_ENV, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
+    try:
+        _wait_for_output(head, tmp_path / "head.log", "Ray runtime started")
+        yield f"127.0.0.1:{port}"
+    finally:
+        _end_cluster(head, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_search_scales_from_zero_workers_with_the_autoscaler_and_refuses_what_no_node_type_holds(
+        fake_autoscaling_cluster, processes, tmp_path):
+    address, results = fake_autoscaling_cluster, tmp_path / "results"
+    start = time.time()
+    gpu = processes.start(_search_cmd(address, results, "gpu", "--no-mlflow", "--gpus-per-trial", "1"),
+                          log=tmp_path / "gpu.log", env=DRIVER_ENV)
+    assert gpu.wait(timeout=120) == 2, (tmp_path / "gpu.log").read_text()[-3000:]
+    assert time.time() - start < 60  # at once: connecting to the cluster is all it does
+    said = (tmp_path / "gpu.log").read_text()
+    assert ("no node can run a trial needing 1 CPU and 1 GPU (nodes have: 0 CPU, 0 GPU; the autoscaler can add: "
+            f"{FAKE_WORKER} node (2 CPU, 0 GPU))") in said and "--gpus-per-trial 0" in said
+
+    driver = processes.start(_search_cmd(address, results, "scale0", "--no-mlflow", "--num-samples", "1"),
+                             log=tmp_path / "driver.log", env=DRIVER_ENV)
+    assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    said = (tmp_path / "driver.log").read_text()
+    assert f"waiting for a {FAKE_WORKER} node (2 CPU, 0 GPU) to join; the autoscaler starts it" in said
+    trials = trial_results(results / "scale0")
+    assert len(trials) == 3  # 2 baselines + 1 sample, run on the worker the autoscaler started (the head has no CPU)
+    assert all(rs[-1]["completed"] for rs in trials.values())

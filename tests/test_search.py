@@ -68,9 +68,17 @@ def test_search__pareto_objective_prints_the_non_dominated_configurations(asha_s
     assert pareto_mask(fin["val_acc"], fin["compute_tflop"]) == [i in expected.index for i in fin.index]
 
 
+def test_search__only_the_best_models_checkpoint_is_left_when_the_search_ends(asha_search):
+    df, _, tmp = asha_search
+    left = {p.parent.name.split("_")[1] for p in (tmp / "asha").glob("MixTrainable_*/checkpoint_*")}
+    assert len(list((tmp / "asha").glob("MixTrainable_*/checkpoint_*"))) == 1  # Tune kept one per trial, then pruned
+    mix = df[(df["method"] == "mixtraining") & df["completed"]]
+    assert left <= set(mix.loc[mix["val_acc"] == mix["val_acc"].max(), "trial_id"])  # the best (or a tie of it)
+
+
 def test_search__tracked_in_the_default_embedded_store_with_the_table_saved(asha_search):
     df, _, tmp = asha_search
-    assert (tmp / "asha" / "comparison.csv").exists()
+    assert (tmp / "asha" / "comparison.csv").exists() and (tmp / "asha" / "accuracy_vs_cost.png").exists()
     from mlflow import MlflowClient
     assert (tmp / "mlflow.db").exists()
     c = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
@@ -107,6 +115,21 @@ def test_search__grid_over_paper_space_runs_each_combination_once_plus_baselines
     base = df[df["method"] != "mixtraining"]
     assert sorted(zip(base["method"], base["epochs"])) == [("sl", 1), ("sl", 2), ("ssl_sl", 1), ("ssl_sl", 2)]
     assert df["completed"].all() and df["error"].isna().all()
+
+
+def test_search__table1_protocol_runs_the_papers_configuration_on_every_seed_to_the_end(ray_cluster, tmp_path):
+    df, out = run_search_cli(tmp_path, "--space", "table1", "--epoch-scale", "0.02", "--seeds", "2", "--fraction",
+                             "0.5", "--name", "t1", "--no-mlflow")
+    assert sorted(df["method"]) == ["mixtraining"] * 2 + ["sl"] * 2 + ["ssl_sl"] * 2
+    assert df["completed"].all() and (df["epochs"] == 2).all()
+    mix = df[df["method"] == "mixtraining"]
+    assert (mix[["alpha", "rho", "lam"]] == 0.5).all().all() and sorted(mix["seed"]) == [0, 1]
+    rows = [line for line in out.splitlines() if line.startswith("| 0.5 | 2 |")]
+    assert [r.split(" | ")[2] for r in rows] == ["SL", "SSL+SL", "MixTraining"]
+    assert all(r.split(" | ")[4] == "2" for r in rows)  # n: both seeds, every method
+    mix_row = rows[2].split(" | ")
+    assert mix_row[7].endswith("x") and mix_row[8].endswith("x") and mix_row[10] == "1"  # speedups; 1 config
+    assert "MixTraining - SSL+SL (fraction 0.5, epochs 2):" in out and "95% CI [" in out
 
 
 def test_search__trials_take_datasets_from_the_object_store_not_from_data_dir(ray_cluster, tmp_path, monkeypatch):
@@ -185,7 +208,7 @@ def test_search__resumes_after_the_driver_is_killed_at_a_new_location_without_re
 def test_search__ctrl_c_stops_with_a_resume_hint_and_resume_finishes(ray_cluster, tmp_path, processes):
     store = f"sqlite:///{tmp_path}/m.db"
     cmd = [sys.executable, str(REPO / "tuning" / "search.py"), *TINY, "--space", "smoke", "--name", "ctrlc",
-           "--num-samples", "4", "--scheduler", "fifo", "--storage-path", str(tmp_path), "--address", ray_cluster,
+           "--num-samples", "2", "--scheduler", "fifo", "--storage-path", str(tmp_path), "--address", ray_cluster,
            "--mlflow-uri", store, "--experiment", "ctrlc"]
     driver = processes.start(cmd, log=tmp_path / "driver.log", env=NO_GPU)
     deadline = time.time() + 180
@@ -204,7 +227,7 @@ def test_search__ctrl_c_stops_with_a_resume_hint_and_resume_finishes(ray_cluster
     args = search.build_parser().parse_args(["--resume", "--name", "ctrlc", "--storage-path", str(tmp_path),
                                              "--verbose", "0"])
     df = search.run(args).df
-    assert len(df) == 6 and df["completed"].all()
+    assert len(df) == 4 and df["completed"].all()
     assert c.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
@@ -236,6 +259,9 @@ def test_search__impossible_resource_request_fails_fast(ray_cluster, tmp_path, c
     (["--resume"], "--resume needs --name"),
     (["--scheduler", "pbt", "--search", "random"], "--scheduler pbt: space 'paper' varies rho, epochs"),
     (["--scheduler", "pbt", "--space", "pbt"], "--scheduler pbt: use --search random or grid"),
+    (["--space", "table1", "--scheduler", "asha"], "--scheduler asha: --space table1 runs the paper's one "
+                                                   "configuration on every seed to the end"),
+    (["--space", "table1", "--search", "optuna"], "--search optuna: --space table1"),
 ])
 def test_search__invalid_flags_fail_with_a_message_naming_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -373,3 +399,28 @@ def test_search__a_run_stopped_before_its_first_snapshot_with_truncated_prefixes
     ours = df.set_index(key)["test_acc"].sort_index()
     theirs = reference.set_index(key)["test_acc"].sort_index()
     assert ours.index.equals(theirs.index) and (ours == theirs).all()
+
+
+def test_search__warm_start_proposes_no_finished_configuration_and_runs_no_baseline_twice(tracked_search):
+    earlier = tracked_search[0]
+    storage = earlier.attrs["storage"]
+    df, out = run_search_cli(storage, "--space", "smoke", "--name", "warm", "--num-samples", "2", "--scheduler",
+                             "fifo", "--seeds", "2", "--warm-start", "tracked", "--no-mlflow")
+    new = df[df["search"].isna()]
+    assert len(new) == 4 and set(new["method"]) == {"mixtraining"}  # 2 proposals x 2 seeds; no baseline again
+    tried = set(zip(earlier.loc[earlier["method"] == "mixtraining", "alpha"],
+                    earlier.loc[earlier["method"] == "mixtraining", "rho"]))
+    assert not tried & set(zip(new["alpha"], new["rho"])) and len(tried | set(zip(new["alpha"], new["rho"]))) == 4
+    assert len(df) == len(earlier) + 4 and "| 1 | 2 | SSL+SL |" in out  # the earlier baselines in the comparison
+    reusing = new[new["rho"] == 0.5]
+    assert reusing.empty or (reusing["ssl_epochs_reused"] > 0).all()  # from the earlier search's prefix store
+
+
+def test_search__warm_start_from_a_search_on_other_data_is_refused(tmp_path, capsys):
+    _saved_experiment(tmp_path, "old")
+    _snapshot(tmp_path, "old")
+    rc = search.main([*TINY, "--space", "smoke", "--storage-path", str(tmp_path), "--name", "new", "--dataset",
+                      "mnist", "--warm-start", "old", "--no-mlflow"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--warm-start old: that search ran on other data, model or budget: --dataset mnist (it ran digits)" in err

@@ -197,3 +197,40 @@ def test_searcher__never_more_trials_at_once_than_max_concurrent():
     assert len(first) == 3 and s.suggest("waiting") is None
     s.on_trial_complete(first[0][0], {"val_acc": 0.5, "completed": True})
     assert s.suggest("next") is not None and s.suggest("more") is None
+
+
+class _Repeating(_FakeInner):
+    """Proposes alpha 0.1, 0.1, 0.9, 0.9, ...: every point twice in a row, as TPE does on small categorical spaces."""
+
+    def suggest(self, trial_id):
+        self.n += 1
+        return {"alpha": 0.1 if self.n <= 2 else 0.9, "rho": 0.5, "epochs": 2}
+
+
+def test_searcher__a_repeated_proposal_is_answered_from_what_is_known_not_run_again():
+    inner = _Repeating()
+    s = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=1, budgets=[2], epoch_scale=1.0,
+                           num_samples=2, inner={1.0: inner}, metric="val_acc", mode="max", baselines=False)
+    first = s.suggest("a")
+    assert first["alpha"] == 0.1
+    s.on_trial_complete("a", {"val_acc": 0.7, "completed": True})
+    second = s.suggest("b")  # the sampler repeats alpha 0.1: told 0.7 at once, asked again
+    assert second["alpha"] == 0.9 and inner.told["b"] == {"val_acc": 0.7}
+    s.on_trial_complete("b", {"val_acc": 0.4, "completed": True})
+    assert inner.told["b~1"] == {"val_acc": 0.4}  # the new group's result, under the id it was proposed with
+
+
+def test_searcher__history_of_an_earlier_search_skips_its_baselines_and_its_configurations():
+    import pandas as pd
+    inner = _Repeating()
+    s = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=1, budgets=[2], epoch_scale=1.0,
+                           num_samples=1, inner={1.0: inner}, metric="val_acc", mode="max")
+    history = pd.DataFrame([
+        {"method": "sl", "epochs": 2, "e_ssl": 2, "fraction": 1.0, "seed": 0, "group": None, "alpha": 0.5,
+         "rho": 0.5, "lam": 0.5, "val_acc": 0.3, "completed": True, "error": None},
+        {"method": "mixtraining", "epochs": 2, "e_ssl": 2, "fraction": 1.0, "seed": 0, "group": "old",
+         "alpha": 0.1, "rho": 0.5, "lam": 0.5, "val_acc": 0.6, "completed": True, "error": None}])
+    s.add_history(history)
+    trials, _ = _drain(s)
+    assert [c["method"] for _, c in trials] == ["ssl_sl", "mixtraining"]  # SL ran before; SSL+SL did not
+    assert trials[1][1]["alpha"] == 0.9 and inner.told[trials[1][0]] == {"val_acc": 0.6}

@@ -1,7 +1,17 @@
-"""MLflow tracking against a real `mlflow server` on loopback: runs, tags, params, histories, artifacts."""
-from mlflow import MlflowClient
+"""MLflow tracking against a real `mlflow server` on loopback: runs, tags, params, histories, artifacts, and a
+server that goes away mid-search."""
+import json
+import logging
+import math
+import threading
+import time
 
-from tests_helpers import run_search_cli
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+from tests_helpers import MlflowServer, free_port, run_search_cli, trial_results
+from trainable import storage
+from tuning import tracking
 
 TRACKED_TRIALS = 2 * 2 + 2 * 2  # (SL, SSL+SL) x 2 seeds + 2 samples x 2 seeds
 
@@ -111,3 +121,108 @@ def test_tracking__a_failed_trial_ends_failed_with_its_error(ray_cluster, mlflow
     assert "non-finite loss" in runs[0].data.tags["error"]
     assert "error.txt" in _artifacts(c, runs[0].info.run_id)
     assert df["error"].notna().all() and "(0 stopped early by the scheduler, 1 failed)" in out
+
+
+def test_tracking__calls_kept_while_mlflow_was_away_reach_the_run_the_next_driver_creates(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracking, "RETRY_S", 0.1)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"sqlite:///{tmp_path}/m.db"
+    c = MlflowClient(uri)
+    parent = c.create_run(tracking.experiment_id(c, "replay")).info.run_id
+    folder = storage.Folder(str(tmp_path / "experiment"))
+    away = tracking.Outbox(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    away.load(folder)
+    away.put("open_trial_run", trial="t1", experiment="replay", name="sl-t1", params={"seed": "0"},
+             tags={"mlflow.parentRunId": parent, "trial_id": "t1"})
+    away.put("log_metrics", trial="t1", metrics=[["val_acc", 0.5, 1000, 1], ["val_acc", 0.75, 2000, 2]])
+    away.put("set_terminated", trial="t1", status="FINISHED")
+    away.finish(timeout=0.5)
+    pending = folder.read_text(tracking.PENDING_FILE)
+    lines = [json.loads(line) for line in pending.splitlines()]
+    assert lines[0] == {"runs": {}} and [call["op"] for call in lines[1:]] == ["open_trial_run", "log_metrics",
+                                                                          "set_terminated"]
+
+    # The next driver delivers them first; then once more, as after a crash before the file was removed.
+    for _ in range(2):
+        runs = {}
+        back = tracking.Outbox(uri, runs)
+        back.load(folder)
+        back.finish(timeout=60)
+        assert not folder.exists(tracking.PENDING_FILE)
+        folder.write_text(tracking.PENDING_FILE, pending)
+        children = c.search_runs([c.get_run(parent).info.experiment_id], "tags.trial_id = 't1'")
+        assert [r.info.run_id for r in children] == [runs["t1"]]
+        run = children[0]
+        assert run.info.status == "FINISHED" and run.data.params == {"seed": "0"}
+        history = c.get_metric_history(run.info.run_id, "val_acc")
+        assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.75)]
+
+    # A run made before Tune's last snapshot knew it: the file's runs map leads the trial's calls there.
+    folder.write_text(tracking.PENDING_FILE, json.dumps({"runs": runs}) + "\n" + json.dumps(
+        {"op": "set_tag", "trial": "t1", "key": "note", "value": "late"}) + "\n")
+    late = tracking.Outbox(uri, {})
+    late.load(folder)
+    late.finish(timeout=60)
+    assert c.get_run(runs["t1"]).data.tags["note"] == "late"
+
+
+OUTAGE_S = 2  # how long the server stays killed; starting it again takes 10 s or more on 2 busy cores
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _kill_and_restart(server: MlflowServer, exp, seen: dict) -> None:
+    """Kill the server once a trial has reported and start it again OUTAGE_S later on the same port and store;
+    note the results Ray had written when it was killed and when it answered again."""
+    try:
+        deadline = time.time() + 120
+        while not trial_results(exp) and time.time() < deadline:
+            time.sleep(0.1)
+        server.stop()
+        seen["at_kill"] = trial_results(exp)
+        time.sleep(OUTAGE_S)
+        server.start()
+        seen["at_back"] = trial_results(exp)
+    except Exception as e:  # noqa: BLE001 - reported by the test's thread
+        seen["error"] = e
+
+
+def test_tracking__a_server_killed_mid_search_costs_no_trial_and_no_metric(ray_cluster, tmp_path, processes,
+                                                                           monkeypatch, caplog):
+    monkeypatch.setattr(tracking, "FLUSH_TIMEOUT_S", 90.0)  # a server that never comes back fails in time
+    (tmp_path / "mlflow").mkdir()
+    server = MlflowServer(tmp_path / "mlflow", processes).start()
+    exp, seen = tmp_path / "outage", {}
+    outage = threading.Thread(target=_kill_and_restart, args=(server, exp, seen), daemon=True)
+    outage.start()
+    with caplog.at_level(logging.INFO, logger="tuning.tracking"):
+        df, _ = run_search_cli(tmp_path, "--space", "smoke", "--name", "outage", "--num-samples", "2",
+                               "--scheduler", "fifo", "--mlflow-uri", server.uri, "--experiment", "outage")
+    outage.join(timeout=120)
+    assert "error" not in seen and server.healthy(), seen.get("error")
+    count = lambda results: sum(map(len, results.values()))  # noqa: E731
+    assert not all(rs[-1].get("done") for rs in seen["at_kill"].values()), "killed after the search"
+    assert count(seen["at_back"]) >= count(seen["at_kill"]) + 2, "Tune waited for MLflow: no results while it was away"
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "does not answer" in m]) == 1  # one warning per outage, not one per call
+    assert len([m for m in messages if "answers again" in m]) == 1
+    assert df["error"].isna().all() and len(df) == 4
+    assert not (exp / tracking.PENDING_FILE).exists()
+
+    c = MlflowClient(server.uri)
+    runs = c.search_runs([c.get_experiment_by_name("outage").experiment_id], run_view_type=ViewType.ALL)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.data.tags["trial_id"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    results = trial_results(exp)
+    assert len(children) == len(runs) - 1 and set(children) == set(results) == set(df["trial_id"])
+    for trial_id, reported in results.items():
+        run = children[trial_id]
+        assert run.info.status == "FINISHED" and run.info.lifecycle_stage == "active"
+        for key in tracking.EPOCH_METRICS:
+            expected = [(r["epoch"], r[key]) for r in reported if _finite(r.get(key))]
+            got = sorted((m.step, m.value) for m in c.get_metric_history(run.info.run_id, key))
+            assert got == expected, (trial_id, key)
+        assert len(c.get_metric_history(run.info.run_id, "train_time_s")) == len(reported)

@@ -85,6 +85,13 @@ def local_folder(text: str) -> str:
     return text
 
 
+def local_file(text: str) -> str:
+    """A local file path: it may not exist yet, but must not be a folder."""
+    if not text or "\0" in text or os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"must be a file path (it may not exist yet), got {text!r}")
+    return text
+
+
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "file", "hdfs", "abfs", "abfss")  # what pyarrow's filesystems open
 
 

@@ -63,10 +63,13 @@ def decode(blob: bytes, device: torch.device) -> dict:
 
 
 class PrefixStore:
-    def __init__(self, root: str, max_bytes: int = 20 * 2**30):
+    """root: where this search stores prefixes; also: stores of earlier searches, read but never written."""
+
+    def __init__(self, root: str, max_bytes: int = 20 * 2**30, also: list[str] | tuple = ()):
         self.fs, self.root = storage.resolve(root)
         self.local = isinstance(self.fs, pyarrow.fs.LocalFileSystem)
         self.max_bytes = max_bytes
+        self.also = [PrefixStore(r, max_bytes) for r in also]
 
     def _dir(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -100,9 +103,11 @@ class PrefixStore:
             return None
 
     def load_longest(self, key: str, at_most: int, device: torch.device) -> dict | None:
-        """The longest whole prefix of at most `at_most` epochs, skipping any that vanish or are corrupt."""
-        for epoch in sorted((e for e in self.epochs(key) if e <= at_most), reverse=True):
-            state = self.load(key, epoch, device)
+        """The longest whole prefix of at most `at_most` epochs, here or in an earlier search's store, skipping
+        any that vanish or are corrupt."""
+        found = [(e, store) for store in (self, *self.also) for e in store.epochs(key) if e <= at_most]
+        for epoch, store in sorted(found, key=lambda x: -x[0]):
+            state = store.load(key, epoch, device)
             if state is not None:
                 return state
         return None

@@ -91,7 +91,8 @@ class MixTrainable(tune.Trainable):
         # longest stored prefix this trial's SSL-only phase can use.
         self.store = None
         if full.get("_prefix_store") and self.run.plan.ssl > 0:
-            self.store = PrefixStore(full["_prefix_store"], int(full.get("_prefix_max_bytes", 20 * 2**30)))
+            self.store = PrefixStore(full["_prefix_store"], int(full.get("_prefix_max_bytes", 20 * 2**30)),
+                                     also=full.get("_prefix_also", ()))
             self.prefix_key = prefix_key(self.run, self.run.device.type)
             self.prefix_every = max(1, self.run.cfg.e_ssl // 4)
             state = self.store.load_longest(self.prefix_key, self.run.plan.ssl, self.run.device)

@@ -12,6 +12,15 @@ from tuning.summary import COMPARISON_KEYS, CONFIG_KEYS, METHOD_NAMES, pareto_ma
 COLORS = {"sl": "tab:gray", "ssl_sl": "tab:blue", "mixtraining": "tab:red"}
 
 
+def png(fig) -> bytes:
+    """A figure as PNG bytes, closed."""
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def reconstruction_figure(original, masked, reconstructed, title: str = ""):
     """Rows: original, masked, reconstructed; tensors (n, C, H, W) in [0, 1]."""
     n = original.shape[0]
@@ -55,5 +64,68 @@ def accuracy_vs_cost_figure(df: pd.DataFrame, acc: str = "test_acc"):
     axes[0].set_ylabel(f"{'test' if acc == 'test_acc' else 'validation'} accuracy (%), mean ± std over seeds")
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def parameter_study_figure(df: pd.DataFrame, param: str, acc: str = "test_acc"):
+    """The paper's Tables 4 and 5 as plots: MixTraining's accuracy against one parameter (alpha or rho), one
+    point per value tried (mean ± std over its completed runs, whatever the other parameters were), with
+    SSL+SL and SL of the same comparison group as reference lines. One panel per (fraction, epochs)."""
+    fin = df[df["completed"] & df[acc].notna()]
+    groups = sorted(fin[fin["method"] == "mixtraining"].groupby(["fraction", "epochs"]).groups)
+    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(4.2 * max(1, len(groups)), 3.6), squeeze=False)
+    for ax, (fraction, epochs) in zip(axes[0], groups):
+        sub = fin[(fin["fraction"] == fraction) & (fin["epochs"] == epochs)]
+        mix = sub[sub["method"] == "mixtraining"].groupby(param)[acc].agg(["mean", "std"]).reset_index()
+        ax.errorbar(mix[param], 100 * mix["mean"], yerr=100 * mix["std"].fillna(0), fmt="o-", capsize=3,
+                    color=COLORS["mixtraining"], label="MixTraining")
+        for method in ("ssl_sl", "sl"):
+            ref = sub[sub["method"] == method][acc]
+            if not ref.empty:
+                ax.axhline(100 * ref.mean(), ls="--", color=COLORS[method], label=METHOD_NAMES[method])
+        ax.set_title(f"fraction {fraction:g}, {epochs} epochs", fontsize=9)
+        ax.set_xlabel({"alpha": "alpha (loss ratio, Eq. 3)", "rho": "rho (mix ratio, Eq. 1)"}.get(param, param))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{'test' if acc == 'test_acc' else 'validation'} accuracy (%)")
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def budget_figure(table: pd.DataFrame):
+    """The paper's Table 6 as a plot: each method's accuracy against the epoch budget (mean ± std over the
+    common seeds, MixTraining at its chosen configuration), one panel per data fraction."""
+    fractions = sorted(table["fraction"].unique()) if not table.empty else []
+    fig, axes = plt.subplots(1, max(1, len(fractions)), figsize=(4.2 * max(1, len(fractions)), 3.6), squeeze=False)
+    for ax, fraction in zip(axes[0], fractions):
+        sub = table[table["fraction"] == fraction]
+        for method, rows in sub.groupby("method"):
+            rows = rows.sort_values("epochs")
+            ax.errorbar(rows["epochs"], 100 * rows["test_acc_mean"], yerr=100 * rows["test_acc_std"], fmt="o-",
+                        capsize=3, color=COLORS.get(method), label=METHOD_NAMES.get(method, method))
+        ax.set_title(f"fraction {fraction:g}", fontsize=9)
+        ax.set_xlabel("epochs (e_ssl = e_sl)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def importance_figure(importances: dict[float, dict[str, float]]):
+    """Optuna's hyperparameter importances (fANOVA) of the MixTraining configurations, per data fraction."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    params = sorted({p for imp in importances.values() for p in imp})
+    width = 0.8 / max(1, len(importances))
+    for i, (fraction, imp) in enumerate(sorted(importances.items())):
+        ax.bar([j + i * width for j in range(len(params))], [imp.get(p, 0.0) for p in params], width,
+               label=f"fraction {fraction:g}")
+    ax.set_xticks([j + width * (len(importances) - 1) / 2 for j in range(len(params))], params)
+    ax.set_ylabel("importance (fANOVA)")
+    if importances:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

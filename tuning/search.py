@@ -30,7 +30,7 @@ from trainable import storage  # noqa: E402
 from trainable.cli import (COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, add_common_args,  # noqa: E402
                            common_config, config_error_message, folder_name, mlflow_experiment, number, ray_address,
                            storage_path, tracking_uri)
-from trainable.config import ConfigError, MixConfig  # noqa: E402
+from trainable.config import ConfigError, MixConfig, model_name  # noqa: E402
 from trainable.datasets import MissingDataError, load_dataset  # noqa: E402
 from trainable.tune_trainable import PBT_MUTABLE  # noqa: E402
 from tuning import tracking  # noqa: E402
@@ -42,6 +42,7 @@ log = logging.getLogger("tuning.search")
 ARGS_FILE = "mixtune_args.json"  # the search's settings, beside Ray's experiment state, for --resume
 PARENT_FILE = "mlflow_parent_run.txt"  # the MLflow parent run, so --resume continues it
 CALIBRATION_FILE = "step_seconds.json"  # each step kind's cost measured alone at the start
+PLAN_FILE = "plan.json"  # the planned trials and epochs, which the progress output counts against
 SEARCHES = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "fifo", "pbt")
 OBJECTIVES = ("accuracy", "pareto")
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: a quarter of the budget)")
     g.add_argument("--no-baselines", action="store_true", help="skip the SL and SSL+SL baselines")
     g.add_argument("--search-seed", type=INDEX, default=0, help="seed of the Optuna sampler")
+    g.add_argument("--warm-start", type=folder_name, metavar="NAME",
+                   help="build on the finished search NAME (same data, model, budget and seeds): Optuna starts from its "
+                        "results, its baselines and configurations are not run again, its SSL prefixes are reused")
     g.add_argument("--no-share-ssl", dest="share_ssl", action="store_false",
                    help="do not share SSL-only prefixes between trials with the same SSL settings")
     g.add_argument("--prefix-store-gb", type=POSITIVE, default=20.0,
@@ -88,11 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus-per-trial", type=NON_NEGATIVE, default=0.0,
                    help="fractional GPUs per trial: 0.25 puts four trials on one GPU (default 0)")
     g.add_argument("--address", type=ray_address, help="join a running Ray cluster (e.g. auto)")
+    g.add_argument("--wait-for-nodes", type=NON_NEGATIVE, default=0.0, metavar="SECONDS",
+                   help="on a cluster without an autoscaler, wait this long for a node that can run a trial "
+                        "(worker nodes started by hand after the search); default 0: fail at once")
     g.add_argument("--storage-path", default=DEFAULT_STORAGE, type=storage_path,
                    help="experiment folder: a local path (default ./ray_results) or s3:// / gs:// on clusters")
     g.add_argument("--name", type=folder_name, help="experiment name (default: <space>-<datasets>-<date>)")
     g.add_argument("--resume", action="store_true", help="continue the experiment --name")
     g.add_argument("--checkpoint-every", type=COUNT, default=1, help="epochs between trial checkpoints")
+    g.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every trial's last checkpoint (default: only running, failed and best-model trials')")
     g.add_argument("--max-failures", type=number(int, 0, 100), default=3, help="retries of a failed trial from its checkpoint")
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray's progress output")
     g = p.add_argument_group("tracking")
@@ -126,6 +135,8 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error(f"--gpus-per-trial: above 1 it must be a whole number of GPUs, got {args.gpus_per_trial:g}")
     if args.resume and not args.name:
         parser.error("--resume needs --name of the experiment to continue")
+    if args.warm_start and args.objective == "pareto":
+        parser.error("--warm-start: give --objective accuracy (Optuna is seeded with single results)")
     if args.scheduler == "pbt":
         from ray.tune.search.sample import Domain
         varying = [k for k in ("rho", "epochs", "e_ssl", "e_sl") if isinstance(SPACES[args.space].get(k), Domain)]
@@ -155,8 +166,8 @@ def experiment_folder(storage_path: str, name: str) -> storage.Folder:
 RESUMABLE = ("storage_path", "mlflow_uri", "address", "max_failures", "max_concurrent", "verbose", "data_dir",
              "download", "wait_for_nodes", "keep_checkpoints", "resume", "name")
 # What a search writes into its experiment folder besides Ray Tune's own state.
-OWN_FILES = (ARGS_FILE, PARENT_FILE, CALIBRATION_FILE, storage.DriverLock.NAME, "ssl_prefixes", "comparison.csv",
-             "comparison.md", "paired.csv")
+OWN_FILES = (ARGS_FILE, PARENT_FILE, CALIBRATION_FILE, PLAN_FILE, tracking.PENDING_FILE, storage.DriverLock.NAME, "ssl_prefixes", "comparison.csv",
+             "comparison.md", "paired.csv", "accuracy_vs_cost.png")
 
 
 def given_flags(argv: list[str] | None) -> set[str]:
@@ -226,7 +237,9 @@ def metrics_and_modes(objective: str) -> tuple[str | list[str], str | list[str]]
     return "val_acc", "max"
 
 
-def make_searcher(args: argparse.Namespace):
+def make_searcher(args: argparse.Namespace, history: pd.DataFrame | None = None):
+    """The experiment's searcher; with the history of an earlier search (--warm-start), Optuna starts from its
+    finished configurations and their results, and nothing it ran is run again."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -242,13 +255,72 @@ def make_searcher(args: argparse.Namespace):
             seed = args.search_seed + i
             sampler = (optuna.samplers.RandomSampler(seed=seed) if args.search == "random"
                        else optuna.samplers.TPESampler(seed=seed))
-            inner[f] = OptunaSearch(space=searched, metric=metric, mode=mode, sampler=sampler)
-    return ExperimentSearcher(
+            points, rewards = history_points(history, f, searched, args.epoch_scale)
+            inner[f] = OptunaSearch(space=searched, metric=metric, mode=mode, sampler=sampler,
+                                    points_to_evaluate=points or None, evaluated_rewards=rewards or None)
+    searcher = ExperimentSearcher(
         space=space, fractions=args.fraction, seeds=args.seeds,
         budgets=epoch_budgets(space, args.epoch_scale), epoch_scale=args.epoch_scale,
         num_samples=args.num_samples, inner=inner, metric=metric, mode=mode,
         baselines=not args.no_baselines, share_ssl=args.share_ssl,
         complete=args.scheduler == "asha", max_concurrent=args.max_concurrent)
+    if history is not None:
+        searcher.add_history(history)
+    return searcher
+
+
+def history_points(history: pd.DataFrame | None, fraction: float, searched: dict,
+                   scale: float) -> tuple[list[dict], list[float]]:
+    """An earlier search's finished configurations at `fraction` in the space's own terms (unscaled epochs),
+    with the mean validation accuracy over their seeds, as its searcher was told."""
+    if history is None:
+        return [], []
+    from search_spaces import EPOCHS, scale_epochs, values
+    mix = history[(history["method"] == "mixtraining") & (history["fraction"] == fraction) & history["error"].isna()]
+    raw = {scale_epochs(v, scale): v for v in values(searched[EPOCHS])} if EPOCHS in searched else {}
+    points, rewards = [], []
+    for _, runs in mix.groupby("group"):
+        first = runs.iloc[0]
+        point = {k: float(first[k]) for k in searched if k != EPOCHS}
+        if EPOCHS in searched:
+            point[EPOCHS] = raw[int(first["epochs"])]
+        points.append(point)
+        rewards.append(float(runs["val_acc"].mean()))
+    return points, rewards
+
+
+# Flags a search must share with the earlier one it warm-starts from: same data, model, budget and seeds.
+WARM_START_KEYS = ("dataset", "ssl_dataset", "model", "space", "epoch_scale", "seeds", "batch_size", "ssl_lr",
+                   "sl_lr", "mix_step", "mix_optim", "objective", "amp", "compile", "fused_adamw", "sdpa",
+                   "deterministic")
+
+
+def load_history(args: argparse.Namespace) -> pd.DataFrame | None:
+    """The trials of the earlier search --warm-start names, as trial rows (with their config group and search)."""
+    if not getattr(args, "warm_start", None):
+        return None
+    folder = experiment_folder(args.storage_path, args.warm_start)
+    try:
+        old = argparse.Namespace(**{**vars(build_parser().parse_args([])), **json.loads(folder.read_text(ARGS_FILE))})
+    except FileNotFoundError:
+        raise UsageError(f"--warm-start {args.warm_start}: no experiment of that name under "
+                         f"{storage.absolute(args.storage_path)}") from None
+    differ = [f"--{k.replace('_', '-')} {_show(getattr(args, k))} (it ran {_show(getattr(old, k))})"
+              for k in WARM_START_KEYS if _differs(getattr(args, k), getattr(old, k))]
+    if differ:
+        raise UsageError(f"--warm-start {args.warm_start}: that search ran on other data, model or budget: "
+                         f"{'; '.join(differ)}. Warm-start only from a search with the same settings")
+    if not snapshotted(folder):
+        raise UsageError(f"--warm-start {args.warm_start}: that search has no results yet")
+    from ray.tune import ExperimentAnalysis
+    base = base_config(old)
+    rows = []
+    for t in ExperimentAnalysis(folder.uri).trials:
+        cfg, last = t.config or {}, t.last_result or {}
+        rows.append(trial_row({**base, **cfg}, last, completed=bool(last.get("completed")),
+                              error="failed" if t.status == "ERROR" else None, group=cfg.get("_group"),
+                              search=args.warm_start))
+    return pd.DataFrame(rows)
 
 
 def make_scheduler(args: argparse.Namespace):
@@ -265,26 +337,72 @@ def make_scheduler(args: argparse.Namespace):
     return PhaseAwareASHA(metric="val_acc", mode="max", grace_period=args.grace_period)
 
 
-def check_resources(cpus: float, gpus: float) -> None:
-    """Fail at once when no node can ever hold one trial, instead of trials PENDING forever."""
+def check_resources(cpus: float, gpus: float, wait_s: float = 0.0) -> None:
+    """Fail at once when nothing the cluster has or may get can hold one trial, instead of trials PENDING
+    forever. A node type its autoscaler can add is enough: Tune's pending trials are the demand that
+    starts it (a GPU cluster scales up from zero workers). When neither can, wait up to wait_s for nodes
+    the user starts by hand (--wait-for-nodes)."""
     import ray
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
-        return
-    have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in nodes) or "no nodes"
-    raise UsageError(
-        f"no node can run a trial needing {cpus:g} CPU and {gpus:g} GPU (nodes have: {have}). "
-        f"Lower --cpus-per-trial / --gpus-per-trial" + (" (no GPU here: use --gpus-per-trial 0)" if gpus and
-                                                         not any(r.get("GPU") for r in nodes) else ""))
+
+    from tuning import cluster
+    address = ray.get_runtime_context().gcs_address
+    types = cluster.launchable_node_types(address)
+    alive = alive_resources()
+    verdict, fitting = cluster.decide(cpus, gpus, alive, types, wait_s)
+    if verdict == cluster.AUTOSCALE:
+        log.info("waiting for a %s to join; the autoscaler starts it",
+                 " or a ".join(t.describe() for t in fitting))
+    elif verdict == cluster.WAIT:
+        wait_for_nodes(cpus, gpus, wait_s, address, types)
+    elif verdict == cluster.IMPOSSIBLE:
+        raise UsageError(no_node_message(cpus, gpus, alive, types))
 
 
-def trial_rows(results, base: dict) -> pd.DataFrame:
-    """One row per trial (`tuning.summary.trial_row`) from Tune's results over the search's shared base."""
-    return pd.DataFrame([
+def alive_resources() -> list[dict]:
+    """The resources of each alive node of the cluster this process joined."""
+    import ray
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def wait_for_nodes(cpus: float, gpus: float, wait_s: float, address: str, types: list, poll_s: float = 1.0) -> None:
+    """Poll the alive nodes until one can hold a trial (--wait-for-nodes): the search may be started before
+    the worker nodes its user starts by hand. A UsageError when none has joined after wait_s."""
+    import time
+
+    from tuning.cluster import can_hold, resources_text
+    log.info("waiting up to %g s for a node that can run a trial needing %g CPU and %g GPU; start one with: "
+             "ray start --address=%s", wait_s, cpus, gpus, address)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        joined = [r for r in alive_resources() if can_hold(r, cpus, gpus)]
+        if joined:
+            log.info("a node with %s joined; starting the search", resources_text(joined[0]))
+            return
+    raise UsageError(no_node_message(cpus, gpus, alive_resources(), types, waited_s=wait_s))
+
+
+def no_node_message(cpus: float, gpus: float, alive: list[dict], types: list, waited_s: float = 0.0) -> str:
+    """Why no trial can run: what it needs, what the nodes (and the autoscaler's node types) have, and the fix."""
+    from tuning.cluster import resources_text
+    have = "; ".join(resources_text(r) for r in alive) or "no nodes"
+    if types:
+        have += "; the autoscaler can add: " + ", ".join(t.describe() for t in types)
+    waited = f" and none that can joined within --wait-for-nodes {waited_s:g} s" if waited_s else ""
+    no_gpu = gpus and not any(r.get("GPU") for r in [*alive, *(t.resources for t in types)])
+    return (f"no node can run a trial needing {cpus:g} CPU and {gpus:g} GPU (nodes have: {have}){waited}. "
+            f"Lower --cpus-per-trial / --gpus-per-trial" + (" (no GPU here: use --gpus-per-trial 0)" if no_gpu else ""))
+
+
+def trial_rows(results, base: dict, history: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per trial (`tuning.summary.trial_row`) from Tune's results over the search's shared base, after
+    the rows of the earlier search it warm-started from."""
+    rows = pd.DataFrame([
         trial_row({**base, **(r.config or {})}, r.metrics or {},  # no config: failed before its first report
                   completed=bool((r.metrics or {}).get("completed", False)),
-                  error=str(r.error) if r.error else None)
+                  error=str(r.error) if r.error else None, group=(r.config or {}).get("_group"))
         for r in results])
+    return rows if history is None else pd.concat([history, rows], ignore_index=True)
 
 
 def summarize(df: pd.DataFrame, objective: str) -> str:
@@ -376,6 +494,8 @@ def base_config(args: argparse.Namespace) -> dict:
     if args.share_ssl:  # under the storage path, so every node of a cluster sees it
         base["_prefix_store"] = experiment_folder(args.storage_path, args.name).uri + "/ssl_prefixes"
         base["_prefix_max_bytes"] = int(args.prefix_store_gb * 2**30)
+        if getattr(args, "warm_start", None):  # read (never written): the earlier search's prefixes
+            base["_prefix_also"] = [experiment_folder(args.storage_path, args.warm_start).uri + "/ssl_prefixes"]
     return base
 
 
@@ -390,6 +510,12 @@ def start_ray(args: argparse.Namespace) -> None:
     # "local" always starts a fresh instance; None would join any cluster left running on this machine.
     ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=args.verbose > 1,
              configure_logging=True, logging_level=logging.WARNING)
+
+
+def warn_paper_setting_on_cpu(base: dict, gpus_per_trial: float) -> None:
+    from tuning.progress import paper_setting_on_cpu_warning
+    if warning := paper_setting_on_cpu_warning(model_name(MixConfig.from_trial(base)), gpus_per_trial):
+        print(warning, file=sys.stderr)
 
 
 def calibrate_costs(args: argparse.Namespace, base: dict, loaded: dict, folder: storage.Folder) -> dict[str, float]:
@@ -417,27 +543,52 @@ def start_tracking(args: argparse.Namespace, folder: storage.Folder) -> str | No
     """The MLflow parent run: on --resume the one the experiment started, else a new one."""
     if args.no_mlflow:
         return None
-    if args.resume:
-        parent = folder.read_text(PARENT_FILE).strip()
-        tracking.client(args.mlflow_uri).update_run(parent, status="RUNNING")
-        return parent
-    parent = tracking.start_parent(args.mlflow_uri, args.experiment, args.name,
-                                   {k: v for k, v in vars(args).items() if v is not None})
+    try:
+        if args.resume:
+            parent = folder.read_text(PARENT_FILE).strip()
+            tracking.client(args.mlflow_uri).update_run(parent, status="RUNNING")
+            return parent
+        parent = tracking.start_parent(args.mlflow_uri, args.experiment, args.name,
+                                       {k: v for k, v in vars(args).items() if v is not None})
+    except Exception as e:  # noqa: BLE001 - MlflowException or a connection error, before anything ran
+        raise UsageError(f"MLflow at {args.mlflow_uri} does not answer ({str(e).splitlines()[0][:200]}): start it, "
+                         f"pass another --mlflow-uri, or --no-mlflow") from None
     folder.write_text(PARENT_FILE, parent)
     log.info("MLflow: experiment %r, parent run %s at %s", args.experiment, parent, args.mlflow_uri)
     return parent
 
 
+def announce_cost(args: argparse.Namespace, searcher, loaded: dict, base: dict, folder: storage.Folder) -> float:
+    """Print what the search will cost (trials, epochs, images, time on the slots there are); the planned
+    epochs, which the progress output counts against (kept in the experiment folder for a resume)."""
+    from tuning.progress import describe, estimate, slots_available
+    if searcher is None:
+        return json.loads(folder.read_text(PLAN_FILE))["epochs"] if folder.exists(PLAN_FILE) else 0.0
+    est = estimate(searcher, get_space(args.space, different_ssl_data=different_ssl_data(args)), loaded, base)
+    capacity = max(1, slots_available(args.cpus_per_trial, args.gpus_per_trial))
+    slots = min(args.max_concurrent or capacity, capacity)
+    log.info(describe(est, base.get("_step_seconds") or {}, slots, args.scheduler == "asha"))
+    folder.write_text(PLAN_FILE, json.dumps({"epochs": est.epochs, "trials": est.trials}))
+    return est.epochs
+
+
 def make_tuner(args: argparse.Namespace, base: dict, loaded: dict, parent: str | None, folder: storage.Folder,
-               restore: bool):
+               restore: bool, searcher=None, planned_epochs: float = 0.0):
     """A new Tuner, or the saved one continuing its unfinished and errored trials under this run's settings."""
     from ray import tune
 
     from trainable.tune_trainable import MixTrainable
+    from tuning.checkpoints import PruneCheckpoints
+    from tuning.progress import Progress
     from tuning.searcher import ExperimentSearch
     trainable = tune.with_resources(tune.with_parameters(MixTrainable, base=base, loaded=loaded),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
-    callbacks = [] if parent is None else [tracking.MLflowTracking(args.mlflow_uri, args.experiment, parent, base)]
+    callbacks = [] if parent is None else [
+        tracking.MLflowTracking(args.mlflow_uri, args.experiment, parent, base, folder=folder.uri)]
+    if not args.keep_checkpoints:  # after tracking, which reads a finished trial's reconstruction from it
+        callbacks.append(PruneCheckpoints())
+    if planned_epochs and args.verbose:
+        callbacks.append(Progress(planned_epochs))
     failures = tune.FailureConfig(max_failures=args.max_failures)
     if restore:
         tuner = tune.Tuner.restore(folder.uri, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -448,7 +599,6 @@ def make_tuner(args: argparse.Namespace, base: dict, loaded: dict, parent: str |
         internal._tune_config.search_alg.resume_with(storage.absolute(args.storage_path), args.name,
                                                      args.max_failures, args.max_concurrent)
         return tuner
-    searcher = make_searcher(args)
     log.info("experiment %s: %d trials (%s baselines), epoch budgets %s", folder.uri, searcher.total_trials,
              "no" if args.no_baselines else "with", epoch_budgets(get_space(args.space), args.epoch_scale))
     return tune.Tuner(
@@ -461,7 +611,7 @@ def make_tuner(args: argparse.Namespace, base: dict, loaded: dict, parent: str |
             callbacks=callbacks, failure_config=failures,
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=args.checkpoint_every, checkpoint_at_end=True,
-                num_to_keep=4 if args.scheduler == "pbt" else 2)))  # PBT exploits others' checkpoints
+                num_to_keep=4 if args.scheduler == "pbt" else 1)))  # PBT exploits others' checkpoints
 
 
 def fit(tuner, parent: str | None, mlflow_uri: str | None):
@@ -474,21 +624,28 @@ def fit(tuner, parent: str | None, mlflow_uri: str | None):
         return results
     except BaseException:
         if parent:
-            tracking.client(mlflow_uri).set_terminated(parent, status="KILLED")
+            tracking.end_run(mlflow_uri, parent, "KILLED")  # a warning, not a new error, if MLflow is away
         raise
 
 
-def finish(args: argparse.Namespace, results, base: dict, parent: str | None, folder: storage.Folder) -> Outcome:
-    """The comparison written to the experiment folder (whatever its scheme) and to the parent run."""
-    df = trial_rows(results, base)
+def finish(args: argparse.Namespace, results, base: dict, parent: str | None, folder: storage.Folder,
+           history: pd.DataFrame | None = None) -> Outcome:
+    """The comparison and Fig. 1 written to the experiment folder (whatever its scheme) and to the parent run;
+    then the checkpoints nothing needs any more removed."""
+    from tuning.checkpoints import prune_all_but
+    from tuning.plots import accuracy_vs_cost_figure, png
+    df = trial_rows(results, base, history)
     table = comparison_table(df)
     if not table.empty:
         folder.write_text("comparison.csv", table.to_csv(index=False))
         folder.write_text("comparison.md", format_table(table) + "\n")
         folder.write_text("paired.csv", paired_stats(df).to_csv(index=False))
+        folder.write_bytes("accuracy_vs_cost.png", png(accuracy_vs_cost_figure(df)))
+    best = best_checkpoint(results, df)
     if parent:
-        tracking.finish_parent(args.mlflow_uri, parent, df, table, best_checkpoint(results, df),
-                               base.get("_step_seconds"))
+        tracking.finish_parent(args.mlflow_uri, parent, df, table, best, base.get("_step_seconds"), folder=folder.uri)
+    if not args.keep_checkpoints:
+        log.info("removed %d checkpoint(s) of finished trials", prune_all_but(results, best))
     return Outcome(args, df, table, folder, parent)
 
 
@@ -505,14 +662,19 @@ def run(args: argparse.Namespace, given: set[str] | None = None) -> Outcome:
                          f"{storage.DriverLock.STALE_S:.0f} s)") from None
     try:
         args, restore = prepare(args, folder, given)
+        history = load_history(args)  # an earlier search to build on: refused before anything starts
         loaded = preload_datasets(args)
         base = base_config(args)
         start_ray(args)
-        check_resources(args.cpus_per_trial, args.gpus_per_trial)
+        check_resources(args.cpus_per_trial, args.gpus_per_trial, args.wait_for_nodes)
+        warn_paper_setting_on_cpu(base, args.gpus_per_trial)
         base["_step_seconds"] = calibrate_costs(args, base, loaded, folder)
+        searcher = None if restore else make_searcher(args, history)
+        planned = announce_cost(args, searcher, loaded, base, folder)
         parent = start_tracking(args, folder)
-        results = fit(make_tuner(args, base, loaded, parent, folder, restore), parent, args.mlflow_uri)
-        return finish(args, results, base, parent, folder)
+        tuner = make_tuner(args, base, loaded, parent, folder, restore, searcher, planned)
+        results = fit(tuner, parent, args.mlflow_uri)
+        return finish(args, results, base, parent, folder, history)
     finally:
         lock.release()
 

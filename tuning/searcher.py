@@ -36,6 +36,11 @@ def baseline_configs(budgets: list[int], fractions: list[float], seeds: int) -> 
             for f in fractions for e in budgets for method in ("sl", "ssl_sl") for s in range(seeds)]
 
 
+def config_key(fields: dict[str, Any]) -> tuple:
+    """What tells configurations of one search apart: alpha, rho, lam and the epoch counts (defaults filled)."""
+    return tuple((k, fields.get(k, getattr(MixConfig, k))) for k in ("alpha", "rho", "lam", "e_ssl", "e_sl"))
+
+
 def split_space(space: dict[str, Any]) -> tuple[dict[str, Domain], dict[str, Any]]:
     """(searched dimensions, constants) of a space."""
     searched = {k: v for k, v in space.items() if isinstance(v, Domain)}
@@ -82,6 +87,9 @@ class ExperimentSearcher(Searcher):
         self.live: set[str] = set()  # trials suggested and not ended
         self.completion_queued = False
         self.completing: set[str] = set()  # trials that complete a stopped seed
+        # fraction -> configuration key -> what its group told the inner searcher (None while running)
+        self.known: dict[float, dict[tuple, dict | None]] = {}
+        self.alias: dict[str, str] = {}  # group id -> the id the inner searcher proposed it under
         self.turn = 0
 
     @property
@@ -162,7 +170,7 @@ class ExperimentSearcher(Searcher):
             self.turn += 1
             if self.remaining.get(f, 0) <= 0:
                 continue
-            point = self.inner[f].suggest(trial_id)
+            point = self._new_point(f, trial_id)
             if point is None:  # the inner searcher waits for results
                 self.turn -= 1
                 return None
@@ -171,10 +179,62 @@ class ExperimentSearcher(Searcher):
                 continue
             self.remaining[f] -= 1
             # The group is known to the inner searcher by this trial id, whichever trial runs seed 0.
-            self.groups[trial_id] = {"fraction": f, "results": []}
+            self.groups[trial_id] = {"fraction": f, "results": [], "key": self._key(point)}
             self._queue_group(trial_id, point, f, first_seed=0)
             return self._pop_ready(trial_id)  # None while its SSL prefix is being computed
         return None
+
+    def _key(self, point: dict[str, Any]) -> tuple:
+        """A proposed point's configuration key (`config_key`)."""
+        return config_key(to_config_fields({**self.constants, **point}, self.scale))
+
+    def _new_point(self, fraction: float, trial_id: str, attempts: int = 50):
+        """The inner searcher's next proposal that is not a configuration already tried at this fraction.
+
+        Optuna's samplers repeat points of categorical spaces; a repeat of a finished configuration is told
+        its known result at once (so the sampler learns without a rerun), a repeat of a running one counts as
+        failed (Optuna's samplers ignore those), and the sampler is asked again.
+        """
+        inner = self.inner[fraction]
+        for attempt in range(attempts):
+            tid = trial_id if attempt == 0 else f"{trial_id}~{attempt}"
+            point = inner.suggest(tid)
+            if point is None or point == Searcher.FINISHED:
+                return point
+            key = self._key(point)
+            known = self.known.setdefault(fraction, {})
+            if key not in known:
+                known[key] = None  # running: its result comes with the group's
+                if attempt:  # the group is known to the inner searcher under the id it proposed it with
+                    self.alias[trial_id] = tid
+                return point
+            inner.on_trial_complete(tid, known[key], error=known[key] is None)
+        log.info("no configuration left to try at fraction %g after %d repeats", fraction, attempts)
+        return Searcher.FINISHED
+
+    def add_history(self, rows: "pd.DataFrame") -> None:
+        """The finished trials of an earlier search on the same data and budget (--warm-start): their
+        configurations count as tried (with their mean validation accuracy over seeds, as a group here tells
+        the inner searcher), their baselines are not run again, and they take part in choosing and completing
+        the best configuration."""
+        from tuning.summary import CONFIG_KEYS
+        done = rows[rows["error"].isna()]
+        base = done[done["method"] != "mixtraining"]
+        ran = set(zip(base["method"], base["epochs"], base["fraction"], base["seed"]))
+        self.queue = [c for c in self.queue if c["method"] == "mixtraining"
+                      or (c["method"], c["e_sl"], c["fraction"], c["seed"]) not in ran]
+        for (fraction, group), runs in done[done["method"] == "mixtraining"].groupby(["fraction", "group"]):
+            first = runs.iloc[0]
+            point = {k: first[k] for k in CONFIG_KEYS} | {"e_ssl": int(first["e_ssl"]), "e_sl": int(first["epochs"])}
+            cfg = {"method": "mixtraining", **point, "fraction": fraction, "seed": 0, GROUP: group}
+            self.configs[group] = cfg
+            self.outcomes[group] = {int(r.seed): {"val_acc": r.val_acc, "completed": bool(r.completed)}
+                                    for r in runs.itertuples()}
+            key = config_key(point)
+            self.known.setdefault(fraction, {})[key] = {self.metric: float(runs["val_acc"].mean())}
+        # A grid queues every configuration up front: those the earlier search finished are not run again.
+        self.queue = [c for c in self.queue if c["method"] != "mixtraining"
+                      or config_key(c) not in self.known.get(c["fraction"], {})]
 
     def completions(self) -> list[dict[str, Any]]:
         """Trials that finish the chosen configuration of every (fraction, budget) on the seeds that were
@@ -226,10 +286,10 @@ class ExperimentSearcher(Searcher):
         ok = [r for r in group["results"] if r is not None]
         inner = self.inner[group["fraction"]]
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        if not ok or any(m not in r for r in ok for m in metrics):
-            inner.on_trial_complete(group_id, None, error=True)
-        else:
-            inner.on_trial_complete(group_id, {m: sum(r[m] for r in ok) / len(ok) for m in metrics})
+        told = None if not ok or any(m not in r for r in ok for m in metrics) else \
+            {m: sum(r[m] for r in ok) / len(ok) for m in metrics}
+        inner.on_trial_complete(self.alias.pop(group_id, group_id), told, error=told is None)
+        self.known.setdefault(group["fraction"], {})[group["key"]] = told
         del self.groups[group_id]
 
     def save(self, checkpoint_path: str) -> None:

@@ -189,7 +189,7 @@ def format_table(table: pd.DataFrame) -> str:
         return "(no finished trials to compare)"
     keys = varying_keys(table)
     head = keys + ["method", "test accuracy", "n", "time (s, one slot)", "compute (TFLOP)", "speedup (time)",
-                   "speedup (compute)", "wall time (s, shared)", "configs tried", "alpha", "rho", "lam"]
+                   "speedup (compute)", "wall-clock (s)", "configs tried", "alpha", "rho", "lam"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.to_dict("records"):
         mix = r["method"] == "mixtraining"
@@ -242,3 +242,28 @@ def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
 def pareto_mask(acc: pd.Series, cost: pd.Series) -> list[bool]:
     """True where no other point has accuracy >= and cost <=, one of them strictly."""
     return [not (((acc >= a) & (cost <= c)) & ((acc > a) | (cost < c))).any() for a, c in zip(acc, cost)]
+
+
+def param_importances(df: pd.DataFrame, params: tuple[str, ...] = ("alpha", "rho", "lam", "epochs"),
+                      seed: int = 0) -> dict[float, dict[str, float]]:
+    """Per data fraction: Optuna's fANOVA importances of the MixTraining parameters that varied, for the mean
+    validation accuracy of each configuration over its completed runs ({} where fewer than two varied)."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out = {}
+    mix = df[(df["method"] == "mixtraining") & df["completed"] & df["val_acc"].notna()]
+    for fraction, sub in mix.groupby("fraction"):
+        varied = [p for p in params if sub[p].nunique() > 1]
+        configs = sub.groupby(varied)["val_acc"].mean().reset_index() if varied else sub.iloc[:0]
+        if len(configs) < 2:
+            continue
+        dists = {p: optuna.distributions.CategoricalDistribution(sorted(configs[p].unique().tolist()))
+                 for p in varied}
+        study = optuna.create_study(direction="maximize")
+        study.add_trials([optuna.trial.create_trial(params={p: r[p] for p in varied}, distributions=dists,
+                                                    value=float(r["val_acc"])) for _, r in configs.iterrows()])
+        imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
+        out[float(fraction)] = {k: float(v) for k, v in imp.items()}
+    return out
