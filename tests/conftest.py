@@ -16,7 +16,7 @@ from trainable.engine import load_training_data
 torch.set_num_threads(1)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no call home from the tests' MLflow clients
 
-SLOW_FIXTURES = {"ray_cluster", "mlflow_server", "tracked_search"}
+SLOW_FIXTURES = {"ray_cluster", "mlflow_server", "mlflow_supervisor", "tracked_search"}
 
 
 def pytest_collection_modifyitems(items):
@@ -68,13 +68,22 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on a loopback port with a sqlite backend; yields its URI."""
+def mlflow_supervisor(tmp_path_factory):
+    """The session's `mlflow server`, run as on a cluster's head through `python -m tuning.mlflow_store serve`:
+    its database in `head/`, copied every 2 s at most to `bucket/` (a local folder standing for the bucket),
+    where the artifacts go too; yields the MlflowServer (`.uri`, `.db`, `.bucket`, `.backup`)."""
+    root = tmp_path_factory.mktemp("mlflow_server")
     procs = Processes()
     try:
-        yield MlflowServer(tmp_path_factory.mktemp("mlflow_server"), procs).start().uri
+        yield MlflowServer(root / "head", procs, bucket=root / "bucket", interval=2).start()
     finally:
         procs.stop_all()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_supervisor):
+    """A real MLflow server on a loopback port with a sqlite backend (through the supervisor); its URI."""
+    return mlflow_supervisor.uri
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +95,6 @@ def tracked_search(ray_cluster, mlflow_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tracked")
     df, out = run_search_cli(tmp, "--space", "smoke", "--name", "tracked", "--num-samples", "2",
                              "--scheduler", "fifo", "--seeds", "2", "--mlflow-uri", mlflow_server,
-                             "--experiment", "tracked")
+                             "--experiment", "tracked", "--register-model", "tracked-best", "--system-metrics")
     df.attrs["storage"] = tmp  # the experiment is tmp / "tracked"
     return df, out, MlflowClient(mlflow_server)

@@ -93,3 +93,13 @@ def test_paired_stats__mean_and_t_interval_of_the_per_seed_differences():
 def test_paired_stats__one_seed_has_no_interval():
     df = frame(*[r for r in BASELINES if r["seed"] == 0], row("mixtraining", 0, 0.8, 0.7))
     assert "n=1: one seed, no interval exists" in format_paired(paired_stats(df))
+
+
+def test_param_importances__the_parameter_that_decides_the_accuracy_matters_most_and_ties_give_none():
+    from tuning.summary import param_importances
+    rows = [row("mixtraining", s, 0.3 + 0.6 * a + 0.01 * r, 0.5, alpha=a, rho=r)
+            for a in (0.1, 0.5, 0.9) for r in (0.25, 0.5, 1.0) for s in (0, 1)]
+    importances = param_importances(frame(*rows))[1.0]
+    assert importances["alpha"] > 0.9 > importances["rho"]
+    flat = [row("mixtraining", 0, 0.5, 0.5, alpha=a, rho=r) for a in (0.1, 0.9) for r in (0.5, 1.0)]
+    assert param_importances(frame(*flat)) == {}  # every configuration scored the same: nothing to rank

@@ -3,9 +3,13 @@ server that goes away mid-search."""
 import json
 import logging
 import math
+import tempfile
 import threading
 import time
+from pathlib import Path
 
+import pandas as pd
+import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
@@ -226,3 +230,71 @@ def test_tracking__a_server_killed_mid_search_costs_no_trial_and_no_metric(ray_c
             got = sorted((m.step, m.value) for m in c.get_metric_history(run.info.run_id, key))
             assert got == expected, (trial_id, key)
         assert len(c.get_metric_history(run.info.run_id, "train_time_s")) == len(reported)
+
+
+# --- MLflow 3 conventions: dataset inputs, the registered model, the experiment's kind, figures ------------
+
+def test_tracking__every_child_run_has_its_datasets_as_inputs(tracked_search):
+    _, _, c = tracked_search
+    _, children = _runs(c)
+    for r in children:
+        inputs = c.get_run(r.info.run_id).inputs.dataset_inputs
+        by_context = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i for i in inputs}
+        assert set(by_context) == {"training", "validation", "test"}
+        assert {i.dataset.name for i in inputs} == {"digits"}
+        training_tags = {t.key: t.value for t in by_context["training"].tags}
+        assert (training_tags["fraction"], training_tags["seed"]) == (r.data.params["fraction"], r.data.params["seed"])
+    seeds = {c.get_run(r.info.run_id).inputs.dataset_inputs[0].dataset.digest for r in children}
+    assert len(seeds) >= 2  # the two seeds train on different subsets... of the same images, told apart
+    found = c.search_runs([c.get_experiment_by_name("tracked").experiment_id], "dataset.context = 'test'")
+    assert len(found) == TRACKED_TRIALS  # the UI's dataset filters work
+
+
+def test_tracking__the_experiment_opens_as_model_training_and_the_search_prints_where(tracked_search):
+    _, out, c = tracked_search
+    exp = c.get_experiment_by_name("tracked")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in out
+
+
+def test_tracking__the_registered_best_model_loads_and_reproduces_its_test_accuracy(tracked_search, mlflow_server):
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    from trainable.data import to_input_shape
+    from trainable.datasets import load_dataset
+    df, _, c = tracked_search
+    parent, _ = _runs(c)
+    config = json.loads(Path(c.download_artifacts(parent[0].info.run_id, "best_model/config.json",
+                                                  tempfile.mkdtemp())).read_text())
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pytorch.load_model("models:/tracked-best/1").eval()
+    test = load_dataset("digits")
+    with torch.no_grad():
+        images = to_input_shape(test.test_images, model.image_size).float() / 255
+        acc = (model(images).argmax(-1) == test.test_labels).float().mean().item()
+    best = df[(df["method"] == "mixtraining") & (df["seed"] == config["seed"]) & (df["alpha"] == config["alpha"])
+              & (df["rho"] == config["rho"])]
+    assert len(best) == 1 and acc == pytest.approx(best["test_acc"].iloc[0], abs=1e-9)
+
+
+def test_tracking__parameter_studies_on_the_parent_have_a_point_per_value_tried(tracked_search):
+    df, _, c = tracked_search
+    parent, _ = _runs(c)
+    pid = parent[0].info.run_id
+    arts = set(_artifacts(c, pid))
+    assert {"parameter_study/alpha.png", "parameter_study/rho.png", "parameter_study/epochs.png",
+            "parameter_study/importances.png", "parameter_study/importances.json"} <= arts
+    mix = df[(df["method"] == "mixtraining") & df["completed"]]
+    for param in ("alpha", "rho"):
+        study = pd.read_csv(c.download_artifacts(pid, f"parameter_study/{param}.csv", tempfile.mkdtemp()))
+        assert sorted(study[param]) == sorted(mix[param].unique())  # one point per value tried
+
+
+def test_tracking__system_metrics_per_epoch_on_every_child(tracked_search):
+    _, _, c = tracked_search
+    _, children = _runs(c)
+    for r in children:
+        history = c.get_metric_history(r.info.run_id, "sys_rss_mb")
+        assert history and all(m.value > 10 for m in history)  # a trial process uses more than 10 MB

@@ -12,6 +12,7 @@ from pathlib import Path
 from tuning import search
 
 TINY = ["--dataset", "digits", "--model", "test", "--verbose", "0", "--cpus-per-trial", "1"]
+REPO = Path(__file__).resolve().parent.parent  # where `python -m tuning...` finds the package
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # for processes that must not see a GPU, whatever the machine has
 
 
@@ -81,19 +82,36 @@ class Processes:
 
 
 class MlflowServer:
-    """A real `mlflow server` on a loopback port with a sqlite backend, that a test may stop and start again."""
+    """A real `mlflow server` on a loopback port with a sqlite backend, that a test may stop and start again.
 
-    def __init__(self, root: Path, processes: Processes, port: int | None = None):
+    Given a `bucket` folder it runs as on a cluster's head, through the supervisor
+    `python -m tuning.mlflow_store serve`: the database `root/mlflow.db` is restored from and copied to
+    `bucket/mlflow.db` (every `interval` seconds at most), and the artifacts go to `bucket/artifacts`.
+    """
+
+    def __init__(self, root: Path, processes: Processes, port: int | None = None, bucket: Path | None = None,
+                 interval: float = 2):
         self.root, self.processes, self.port = Path(root), processes, port or free_port()
+        self.bucket, self.interval = (Path(bucket) if bucket else None), interval
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc = None
+        self.db = self.root / "mlflow.db"
+        self.backup = self.bucket / "mlflow.db" if self.bucket else None
+        self.proc = self.log = None
+
+    def _command(self) -> list[str]:
+        if self.bucket is None:
+            return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.db}",
+                    "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
+                    "--port", str(self.port), "--workers", "1"]
+        return [sys.executable, "-m", "tuning.mlflow_store", "serve", "--db", str(self.db),
+                "--backup", str(self.backup), "--artifacts", str(self.bucket / "artifacts"), "--host", "127.0.0.1",
+                "--port", str(self.port), "--workers", "1", "--interval", str(self.interval)]
 
     def start(self, timeout: float = 120) -> "MlflowServer":
-        self.proc = self.processes.start(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
-             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            log=self.root / f"server-{len(self.processes.procs)}.log", env={"MLFLOW_DISABLE_TELEMETRY": "true"})
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log = self.root / f"server-{len(self.processes.procs)}.log"
+        self.proc = self.processes.start(self._command(), log=self.log, env={"MLFLOW_DISABLE_TELEMETRY": "true"},
+                                         cwd=REPO)
         deadline = time.time() + timeout
         while not self.healthy():
             if self.proc.poll() is not None or time.time() > deadline:
@@ -108,5 +126,20 @@ class MlflowServer:
         except OSError:
             return False
 
+    def server_pid(self) -> int | None:
+        """The `mlflow server` process: the supervisor's child (None between two), or the process started."""
+        if self.bucket is None:
+            return self.proc.pid
+        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        return int(children[0]) if children else None
+
     def stop(self) -> None:
+        """Killed at once, as by a crash: the supervisor first (else it would start the server again), then
+        the server, which leads a session of its own."""
+        server = self.server_pid()
         kill_session(self.proc, signal.SIGKILL)
+        if server != self.proc.pid and server is not None:
+            try:
+                os.killpg(server, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -107,6 +107,11 @@ def storage_path(text: str) -> str:
     return text
 
 
+def storage_file(text: str) -> str:
+    """A file's storage path: a local file path (which may exist: it is replaced) or a URI."""
+    return storage_path(text) if "://" in text else local_file(text)
+
+
 TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
 
 

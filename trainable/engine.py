@@ -21,7 +21,7 @@ from trainable.config import MixConfig, Resolved, resolve, trajectory_fields
 from trainable.cost import step_flops
 from trainable.data import TrainingData, build_training_data, generator, normalize, stream_seed
 from trainable.losses import mae_loss, mixed_loss, sl_loss
-from trainable.models import MixViT, select_tokens
+from trainable.models import Classifier, MixViT, select_tokens
 from trainable.schedule import MIX, SL, SSL, lr_at
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,15 @@ def batch_images(batch: torch.Tensor | list[torch.Tensor]) -> int:
 
 
 # --- the engine ---------------------------------------------------------------------------------
+
+def classifier_from_state(state: dict[str, Any], task: int = 0) -> Classifier:
+    """The classifier a checkpoint (`Engine.state_dict()`) holds, on the CPU."""
+    run = resolve(MixConfig.from_dict({**state["config"], "device": "cpu"}))
+    heads = sorted(k for k in state["model"] if k.startswith("heads.") and k.endswith(".weight"))
+    vit = MixViT(run.model_cfg, [state["model"][k].shape[0] for k in heads])
+    vit.load_state_dict(state["model"])
+    return Classifier(vit, task)
+
 
 def load_training_data(run: Resolved, loaded: Mapping[str, datasets.ImageSet] | None = None) -> TrainingData:
     """The run's training data on its device: its datasets taken from `loaded` (by name) where

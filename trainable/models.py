@@ -151,3 +151,17 @@ def select_tokens(tokens: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
     The merged mix step (App. A.2) sends these to the decoder instead of a second, masked pass.
     """
     return torch.cat([tokens[:, :1], _gather_tokens(tokens[:, 1:], ids_keep)], dim=1)
+
+
+class Classifier(nn.Module):
+    """A trained MixViT as a plain image classifier, for export: images (B, 3, S, S) in [0, 1] -> logits
+    (B, classes) of one task's head (the first by default). The MAE decoder comes along unused."""
+
+    def __init__(self, vit: MixViT, task: int = 0):
+        super().__init__()
+        self.vit, self.task = vit, task
+        self.image_size = vit.cfg.img_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit.forward_encoder(images * 2 - 1)  # the engine's normalisation: [0, 1] -> [-1, 1]
+        return self.vit.heads[self.task](tokens[:, 0])

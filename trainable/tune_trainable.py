@@ -21,6 +21,7 @@ from trainable.data import TrainingData
 from trainable.datasets import ImageSet
 from trainable.engine import Engine, load_training_data
 from trainable.prefix_store import PrefixStore, prefix_key
+from trainable.sysmetrics import SystemMetrics
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class MixTrainable(tune.Trainable):
             torch.set_num_threads(int(full["_threads"]))
         self.run = resolve(MixConfig.from_trial(full))
         self.mutable = PBT_MUTABLE if full.get("_pbt") else ()
+        self.system = SystemMetrics(self.run.device) if full.get("_system_metrics") else None
         budget = data_cache_bytes(self.run.device, float(full.get("_gpu_share", 0)))
         self.engine = Engine(self.run, data=_DATA_CACHE.get(self.run, loaded, budget),
                              step_seconds=full.get("_step_seconds"))
@@ -114,6 +116,8 @@ class MixTrainable(tune.Trainable):
         m.setdefault("val_acc", float("nan"))
         # Tune also sets `done` when a scheduler stops a trial early; `completed` means the plan ran to its end.
         m["completed"] = m["done"]
+        if self.system is not None:
+            m.update(self.system.sample())
         if m["done"]:
             # The final report carries the test accuracy for the comparison table; the search
             # itself only ever sees validation accuracy.

@@ -29,7 +29,7 @@ if __name__ == "__main__" and not __package__:  # `python tuning/mlflow_store.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trainable import storage  # noqa: E402
-from trainable.cli import COUNT, POSITIVE, local_file, storage_path  # noqa: E402
+from trainable.cli import COUNT, POSITIVE, local_file, storage_file, storage_path  # noqa: E402
 
 log = logging.getLogger("tuning.mlflow_store")
 
@@ -98,7 +98,7 @@ def serve(args: argparse.Namespace) -> int:
     saved_mtime, saved_at = None, 0.0
     while not stopping:
         time.sleep(1.0)
-        if proc.poll() is not None:
+        if proc.poll() is not None and not stopping:  # not when it was stopped with the supervisor
             log.warning("the MLflow server exited (code %s); starting it again", proc.returncode)
             proc = start_server(args.db, args.artifacts, args.host, args.port, args.workers)
         saved_mtime, saved_at = _maybe_backup(args, saved_mtime, saved_at)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("serve", "backup"):
         s = sub.add_parser(name)
         s.add_argument("--db", required=True, type=local_file, help="the server's sqlite database file")
-        s.add_argument("--backup", required=True, type=storage_path, help="where its copy lives (s3://..., a path)")
+        s.add_argument("--backup", required=True, type=storage_file, help="where its copy lives (s3://..., a path)")
     s = sub.choices["serve"]
     s.add_argument("--artifacts", required=True, type=storage_path, help="artifact store (s3://..., a path)")
     s.add_argument("--host", default="127.0.0.1")

@@ -68,26 +68,23 @@ def accuracy_vs_cost_figure(df: pd.DataFrame, acc: str = "test_acc"):
     return fig
 
 
-def parameter_study_figure(df: pd.DataFrame, param: str, acc: str = "test_acc"):
-    """The paper's Tables 4 and 5 as plots: MixTraining's accuracy against one parameter (alpha or rho), one
-    point per value tried (mean ± std over its completed runs, whatever the other parameters were), with
-    SSL+SL and SL of the same comparison group as reference lines. One panel per (fraction, epochs)."""
-    fin = df[df["completed"] & df[acc].notna()]
-    groups = sorted(fin[fin["method"] == "mixtraining"].groupby(["fraction", "epochs"]).groups)
+def parameter_study_figure(study: pd.DataFrame, param: str):
+    """The paper's Tables 4 and 5 as plots (`tuning.summary.parameter_study`): MixTraining's accuracy against
+    one parameter, a point per value tried (mean ± std over its completed runs), SSL+SL and SL of the same
+    comparison group as reference lines. One panel per (fraction, epochs)."""
+    groups = sorted(study.groupby(["fraction", "epochs"]).groups) if not study.empty else []
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(4.2 * max(1, len(groups)), 3.6), squeeze=False)
     for ax, (fraction, epochs) in zip(axes[0], groups):
-        sub = fin[(fin["fraction"] == fraction) & (fin["epochs"] == epochs)]
-        mix = sub[sub["method"] == "mixtraining"].groupby(param)[acc].agg(["mean", "std"]).reset_index()
-        ax.errorbar(mix[param], 100 * mix["mean"], yerr=100 * mix["std"].fillna(0), fmt="o-", capsize=3,
+        sub = study[(study["fraction"] == fraction) & (study["epochs"] == epochs)].sort_values(param)
+        ax.errorbar(sub[param], 100 * sub["mean"], yerr=100 * sub["std"].fillna(0), fmt="o-", capsize=3,
                     color=COLORS["mixtraining"], label="MixTraining")
         for method in ("ssl_sl", "sl"):
-            ref = sub[sub["method"] == method][acc]
-            if not ref.empty:
-                ax.axhline(100 * ref.mean(), ls="--", color=COLORS[method], label=METHOD_NAMES[method])
+            if sub[method].notna().any():
+                ax.axhline(100 * sub[method].iloc[0], ls="--", color=COLORS[method], label=METHOD_NAMES[method])
         ax.set_title(f"fraction {fraction:g}, {epochs} epochs", fontsize=9)
         ax.set_xlabel({"alpha": "alpha (loss ratio, Eq. 3)", "rho": "rho (mix ratio, Eq. 1)"}.get(param, param))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"{'test' if acc == 'test_acc' else 'validation'} accuracy (%)")
+    axes[0][0].set_ylabel("test accuracy (%)")
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(fontsize=8)
     fig.tight_layout()

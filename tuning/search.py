@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "sqlite:///mlflow.db in this folder)")
     g.add_argument("--experiment", default="mixtraining", type=mlflow_experiment, help="MLflow experiment name (default: mixtraining)")
     g.add_argument("--no-mlflow", action="store_true", help="do not track in MLflow")
+    g.add_argument("--register-model", type=mlflow_experiment, metavar="NAME",
+                   help="register the best model in MLflow's model registry under NAME")
+    g.add_argument("--system-metrics", action="store_true",
+                   help="log each trial's CPU, memory and GPU use per epoch (needs psutil; nvidia-ml-py for GPUs)")
     add_common_args(p, default_dataset="cifar10")
     return p
 
@@ -439,6 +443,7 @@ class Outcome:
     table: pd.DataFrame  # the comparison
     folder: storage.Folder  # the experiment folder
     parent: str | None  # the MLflow parent run
+    links: tuple[str, ...] = ()  # how to see it in MLflow's UI
 
 
 def prepare(args: argparse.Namespace, folder: storage.Folder,
@@ -484,6 +489,15 @@ def preload_datasets(args: argparse.Namespace) -> dict:
     return loaded
 
 
+def dataset_digests(loaded: dict) -> dict[str, dict]:
+    """What identifies each dataset's images in MLflow's dataset inputs: digests of its train and test images."""
+    import hashlib
+    digest = lambda t: hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]  # noqa: E731
+    return {name: {"train": digest(s.train_images), "test": digest(s.test_images), "n_train": len(s.train_labels),
+                   "n_test": len(s.test_labels), "shape": "x".join(map(str, s.train_images.shape[1:]))}
+            for name, s in loaded.items()}
+
+
 def base_config(args: argparse.Namespace) -> dict:
     """The config every trial shares, and the bookkeeping keys ('_'-prefixed) its Trainable reads."""
     base = {**MixConfig(**common_config(args)).to_dict(), "_threads": max(1, int(args.cpus_per_trial)),
@@ -491,6 +505,8 @@ def base_config(args: argparse.Namespace) -> dict:
     base["data_dir"] = os.path.abspath(base["data_dir"])  # trials run in other working folders
     if args.scheduler == "pbt":
         base["_pbt"] = True  # checkpoints may then come from a population member with another alpha / lam
+    if getattr(args, "system_metrics", False):
+        base["_system_metrics"] = True
     if args.share_ssl:  # under the storage path, so every node of a cluster sees it
         base["_prefix_store"] = experiment_folder(args.storage_path, args.name).uri + "/ssl_prefixes"
         base["_prefix_max_bytes"] = int(args.prefix_store_gb * 2**30)
@@ -643,10 +659,21 @@ def finish(args: argparse.Namespace, results, base: dict, parent: str | None, fo
         folder.write_bytes("accuracy_vs_cost.png", png(accuracy_vs_cost_figure(df)))
     best = best_checkpoint(results, df)
     if parent:
-        tracking.finish_parent(args.mlflow_uri, parent, df, table, best, base.get("_step_seconds"), folder=folder.uri)
+        tracking.finish_parent(args.mlflow_uri, parent, df, table, best, base.get("_step_seconds"), folder=folder.uri,
+                               register_model=getattr(args, "register_model", None))
     if not args.keep_checkpoints:
         log.info("removed %d checkpoint(s) of finished trials", prune_all_but(results, best))
-    return Outcome(args, df, table, folder, parent)
+    return Outcome(args, df, table, folder, parent, tuple(mlflow_links(args.mlflow_uri, parent)))
+
+
+def mlflow_links(uri: str | None, parent: str | None) -> list[str]:
+    if not parent:
+        return []
+    try:
+        return tracking.ui_links(uri, parent)
+    except Exception as e:  # noqa: BLE001 - MLflow away at the very end: the runs are there, the link not
+        log.warning("could not look up the MLflow experiment for its link: %s", e)
+        return []
 
 
 def run(args: argparse.Namespace, given: set[str] | None = None) -> Outcome:
@@ -665,6 +692,8 @@ def run(args: argparse.Namespace, given: set[str] | None = None) -> Outcome:
         history = load_history(args)  # an earlier search to build on: refused before anything starts
         loaded = preload_datasets(args)
         base = base_config(args)
+        if not args.no_mlflow:
+            base["_dataset_digests"] = dataset_digests(loaded)
         start_ray(args)
         check_resources(args.cpus_per_trial, args.gpus_per_trial, args.wait_for_nodes)
         warn_paper_setting_on_cpu(base, args.gpus_per_trial)
@@ -702,7 +731,8 @@ def render(outcome: Outcome) -> str:
         lines.append(f"table saved to {outcome.folder.uri}/comparison.{{csv,md}}")
     if outcome.parent:
         lines.append(f"MLflow: parent run {outcome.parent} in experiment {outcome.args.experiment!r} "
-                     f"({outcome.args.mlflow_uri})")
+                     f"({outcome.args.mlflow_uri}); to see it:")
+        lines += [f"  {link}" for link in outcome.links]
     return "\n".join(lines)
 
 

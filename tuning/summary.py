@@ -264,6 +264,23 @@ def param_importances(df: pd.DataFrame, params: tuple[str, ...] = ("alpha", "rho
         study = optuna.create_study(direction="maximize")
         study.add_trials([optuna.trial.create_trial(params={p: r[p] for p in varied}, distributions=dists,
                                                     value=float(r["val_acc"])) for _, r in configs.iterrows()])
-        imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
+        try:
+            imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
+        except RuntimeError:  # fANOVA's "zero total variance": every configuration scored the same
+            continue
         out[float(fraction)] = {k: float(v) for k, v in imp.items()}
     return out
+
+
+def parameter_study(df: pd.DataFrame, param: str, acc: str = "test_acc") -> pd.DataFrame:
+    """The paper's Tables 4-5 as data: per (fraction, epochs) and value of `param` tried, MixTraining's mean
+    and std of `acc` over its completed runs (whatever the other parameters were), and the reference means
+    of SSL+SL and SL in the same group."""
+    fin = df[df["completed"] & df[acc].notna()]
+    mix = fin[fin["method"] == "mixtraining"].groupby(["fraction", "epochs", param])[acc].agg(
+        ["mean", "std", "count"]).reset_index()
+    refs = fin[fin["method"] != "mixtraining"].groupby(["fraction", "epochs", "method"])[acc].mean().unstack()
+    for method in ("ssl_sl", "sl"):
+        mix[method] = [refs.loc[(f, e), method] if method in refs and (f, e) in refs.index else math.nan
+                       for f, e in zip(mix["fraction"], mix["epochs"])]
+    return mix

@@ -13,6 +13,7 @@ experiment folder, which the next driver of the experiment (`--resume`) delivers
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import math
@@ -62,9 +63,28 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3 shows new experiments in its GenAI overview ("Traces 0"); this tag marks a model-training one.
+# (MLflow 3.17's UI reads the kind from its own switch instead, which the links below set: ?workflowType=...)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(c, name: str) -> str:
     exp = c.get_experiment_by_name(name)
-    return exp.experiment_id if exp else c.create_experiment(name)
+    if exp is None:
+        return c.create_experiment(name, tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():
+        if exp.tags.get(key) != value:
+            c.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
+
+
+def ui_links(uri: str, parent: str) -> list[str]:
+    """How a person opens the search: the command (for a store, not a server) and the URLs of its runs."""
+    exp = client(uri).get_run(parent).info.experiment_id
+    web = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    lines = [] if uri.startswith(("http://", "https://")) else [f"mlflow ui --backend-store-uri {uri}"]
+    return lines + [f"{web}/#/experiments/{exp}/runs?workflowType=machine_learning  (the search's runs)",
+                    f"{web}/#/experiments/{exp}/runs/{parent}  (its parent run: table, figures, best model)"]
 
 
 def git_commit() -> str | None:
@@ -112,7 +132,7 @@ def epoch_metrics(result: dict) -> list[list]:
     """One result's metrics as [key, value, timestamp ms, step = epoch]; NaN (no classifier yet) is skipped."""
     step, ts = int(result["epoch"]), int(time.time() * 1000)
     values = {k: result[k] for k in EPOCH_METRICS if k in result}
-    values.update({k: v for k, v in result.items() if k.startswith(("val_acc/", "test_acc"))})
+    values.update({k: v for k, v in result.items() if k.startswith(("val_acc/", "test_acc", "sys_"))})
     values["phase"] = PHASES.index(result["phase"])  # 0 SSL-only, 1 mix, 2 SL-only
     return [[k, float(v), ts, step] for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)]
 
@@ -143,7 +163,21 @@ def _log_png(c, run_id: str, call: dict) -> None:
 
 def _log_best_model(c, run_id: str, call: dict) -> None:
     from ray.tune import Checkpoint
-    log_best_model(c, run_id, Checkpoint(call["checkpoint"]))
+    log_best_model(c, run_id, Checkpoint(call["checkpoint"]), call.get("register"), call["uri"])
+
+
+def _log_inputs(c, run_id: str, call: dict) -> None:
+    """The trial's datasets as MLflow dataset inputs (name, digest, context, sizes), for the UI's Dataset
+    column and filters. Per-run facts (fraction, seed, sizes) go in the input tags: MLflow keeps one profile
+    per (name, digest) and experiment."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    inputs = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type="code",
+                                   source=json.dumps({"tags": {"loader": "trainable.datasets"}}),
+                                   profile=json.dumps(d["profile"])),
+                           tags=[InputTag("mlflow.data.context", d["context"])]
+                           + [InputTag(k, str(v)) for k, v in d["tags"].items()])
+              for d in call["datasets"]]
+    c.log_inputs(run_id, datasets=inputs)
 
 
 # What each queued call does, given a client and its run. Every one may be delivered twice (an answer lost
@@ -156,6 +190,7 @@ OPS = {
     "log_text": lambda c, run_id, call: c.log_text(run_id, call["text"], call["file"]),
     "log_png": _log_png,
     "log_best_model": _log_best_model,
+    "log_inputs": _log_inputs,
     "drop_orphans": lambda c, run_id, call: drop_orphans(c, run_id, set(call["trial_ids"])),
     "set_terminated": lambda c, run_id, call: c.set_terminated(run_id, status=call["status"]),
 }
@@ -422,6 +457,7 @@ class MLflowTracking(tune.Callback):
         if trial.trial_id not in self.runs and trial.trial_id not in self._opened:
             self._opened.add(trial.trial_id)
             self._outbox.put("open_trial_run", **self._run_spec(trial))
+            self._outbox.put("log_inputs", trial=trial.trial_id, datasets=dataset_inputs({**self.base, **trial.config}))
         return self._outbox
 
     def _run_spec(self, trial) -> dict:
@@ -484,11 +520,10 @@ def reconstruction_png(trial) -> str | None:
 
 
 def finish_parent(uri: str, parent: str, df, table, best_checkpoint, step_seconds=None,
-                  folder: str | None = None) -> None:
+                  folder: str | None = None, register_model: str | None = None) -> None:
     """The parent's artifacts: the comparison table and paired statistics, Fig. 1, the best model; queued
     behind its trials' calls, then all delivered within FLUSH_TIMEOUT_S, or left in PENDING_FILE.
     folder: the experiment folder, when no callback of this process tracked the search."""
-    from tuning.plots import accuracy_vs_cost_figure
     box = _OUTBOXES.pop(parent, None) or Outbox(uri)
     if box.folder is None and folder:
         box.load(storage.Folder(folder))
@@ -502,24 +537,46 @@ def finish_parent(uri: str, parent: str, df, table, best_checkpoint, step_second
         box.put("log_metrics", run=parent, metrics=[[k, v, ts, 0] for k, v in metrics.items()])
     for file, text in parent_texts(df, table).items():
         box.put("log_text", run=parent, text=text, file=file)
-    box.put("log_png", run=parent, file="accuracy_vs_cost.png", png=_png(accuracy_vs_cost_figure(df)))
+    for file, png in parent_figures(df, table).items():
+        box.put("log_png", run=parent, file=file, png=png)
     if best_checkpoint is not None:
-        box.put("log_best_model", run=parent, checkpoint=_uri(best_checkpoint.filesystem, best_checkpoint.path))
+        box.put("log_best_model", run=parent, checkpoint=_uri(best_checkpoint.filesystem, best_checkpoint.path),
+                register=register_model, uri=uri)
     box.put("set_terminated", run=parent, status="FINISHED")
     box.finish(FLUSH_TIMEOUT_S)
 
 
 def parent_texts(df, table) -> dict[str, str]:
-    """The parent's text artifacts by file name: the comparison (CSV, Markdown) and the paired statistics."""
-    from tuning.summary import format_paired, format_table, paired_stats
+    """The parent's text artifacts by file name: the comparison (CSV, Markdown), the paired statistics, the
+    parameter studies (accuracy per alpha and per rho) and the hyperparameter importances."""
+    from tuning.summary import format_paired, format_table, paired_stats, param_importances, parameter_study
     if table.empty:
         return {}
     paired = paired_stats(df)
     return {"comparison.csv": table.to_csv(index=False), "paired.csv": paired.to_csv(index=False),
-            "comparison.md": format_table(table) + "\n\n" + format_paired(paired) + "\n"}
+            "comparison.md": format_table(table) + "\n\n" + format_paired(paired) + "\n",
+            **{f"parameter_study/{p}.csv": parameter_study(df, p).to_csv(index=False) for p in ("alpha", "rho")},
+            "parameter_study/importances.json": json.dumps(param_importances(df), indent=1)}
 
 
-def log_best_model(c, parent: str, checkpoint) -> None:
+def parent_figures(df, table) -> dict[str, str]:
+    """The parent's figures as base64 PNG: Fig. 1, accuracy against alpha, rho and the epoch budget, and the
+    hyperparameter importances (the paper's Tables 4-6 as plots)."""
+    from tuning.plots import (accuracy_vs_cost_figure, budget_figure, importance_figure,
+                              parameter_study_figure)
+    from tuning.summary import param_importances, parameter_study
+    figures = {"accuracy_vs_cost.png": accuracy_vs_cost_figure(df)}
+    if not table.empty:
+        figures.update({f"parameter_study/{p}.png": parameter_study_figure(parameter_study(df, p), p)
+                        for p in ("alpha", "rho")})
+        figures["parameter_study/epochs.png"] = budget_figure(table)
+        figures["parameter_study/importances.png"] = importance_figure(param_importances(df))
+    return {file: _png(fig) for file, fig in figures.items()}
+
+
+def log_best_model(c, parent: str, checkpoint, register: str | None = None, uri: str | None = None) -> None:
+    """The best trial's checkpoint and config as artifacts, and its classifier as an MLflow model (loadable with
+    `mlflow.pytorch.load_model`, registered as `register` when given). Once per parent, however often delivered."""
     import torch
 
     from trainable.tune_trainable import CHECKPOINT_FILE
@@ -528,6 +585,67 @@ def log_best_model(c, parent: str, checkpoint) -> None:
         c.log_artifact(parent, weights, "best_model")
         state = torch.load(weights, weights_only=True, map_location="cpu")
         c.log_dict(parent, state["config"], "best_model/config.json")
+    if c.get_run(parent).data.tags.get("mixtune.best_model") and uri is not None:
+        return  # logged (and registered) by an earlier delivery of this call
+    if uri is not None:
+        log_classifier(c, parent, state, register, uri)
+
+
+def log_classifier(c, parent: str, state: dict, register: str | None, uri: str) -> None:
+    """The best trial's classifier (images in [0, 1] -> logits) as an MLflow model with a signature and an
+    input example, registered as `register` when given."""
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    from trainable.engine import classifier_from_state
+    model = classifier_from_state(state).eval()
+    example = np.random.default_rng(0).random((2, 3, model.image_size, model.image_size), dtype=np.float32)
+    with torch.no_grad():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    logged = c.create_logged_model(experiment_id=c.get_run(parent).info.experiment_id, name="classifier",
+                                   source_run_id=parent)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)  # log_model takes the process-wide tracking URI: set for this call only
+    try:
+        mlflow.pytorch.log_model(
+            model, name="classifier", model_id=logged.model_id, signature=signature, input_example=example,
+            registered_model_name=register, serialization_format="pickle", await_registration_for=60,
+            code_paths=[str(Path(__file__).resolve().parent.parent / "trainable")],  # MixViT, wherever loaded
+            pip_requirements=[f"{p}=={_version(p)}" for p in ("torch", "timm", "mlflow")])  # not inferred: offline
+    finally:
+        mlflow.set_tracking_uri(before)
+    c.set_tag(parent, "mixtune.best_model", logged.model_id)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+    return version(package)
+
+
+def dataset_inputs(config: dict) -> list[dict]:
+    """What a trial trained, validated and was tested on, as MLflow dataset inputs (see _log_inputs): digests
+    of the images the driver loaded (`_dataset_digests`), told apart by split, fraction and seed."""
+    cfg, digests = MixConfig.from_trial(config), config.get("_dataset_digests", {})
+    out = []
+    for name in cfg.datasets:
+        d = digests.get(name)
+        if d is None:
+            continue
+        sub = lambda *parts: hashlib.sha256("/".join(map(str, (d["train"], *parts))).encode()).hexdigest()[:16]  # noqa: E731
+        profile = {"train_images": d["n_train"], "test_images": d["n_test"], "image_shape": d["shape"]}
+        out += [dict(name=name, digest=sub("train", cfg.fraction, cfg.seed, cfg.val_frac), context="training",
+                     profile=profile, tags={"fraction": cfg.fraction, "seed": cfg.seed}),
+                dict(name=name, digest=sub("val", cfg.val_frac), context="validation", profile=profile,
+                     tags={"val_frac": cfg.val_frac}),
+                dict(name=name, digest=d["test"], context="test", profile=profile, tags={})]
+    if cfg.ssl_dataset and cfg.ssl_dataset not in cfg.datasets and cfg.ssl_dataset in digests:
+        d = digests[cfg.ssl_dataset]
+        out.append(dict(name=cfg.ssl_dataset, digest=d["train"], context="ssl", tags={},
+                        profile={"train_images": d["n_train"], "image_shape": d["shape"]}))
+    return out
 
 
 def drop_orphans(c, parent: str, trial_ids: set[str]) -> None:
