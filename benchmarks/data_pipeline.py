@@ -12,7 +12,6 @@ Normalize) through a DataLoader. The two are timed in alternating rounds; median
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -30,6 +29,8 @@ from trainable.data import augment, epoch_batches, generator, normalize, to_inpu
 from trainable.datasets import load_dataset
 from trainable.engine import sl_step
 from trainable.models import MODEL_CONFIGS, MixViT, ModelConfig
+
+from common import write_result  # benchmarks/common.py (this folder is on sys.path when run as a script)
 
 
 # A model small enough that the data pipeline decides the throughput: 32x32 in patches of 8.
@@ -118,9 +119,7 @@ def main(argv=None) -> int:
     for k, v in rates.items():
         print(f"{k:<16} {med[k]:8.0f} img/s   (rounds: {', '.join(f'{r:.0f}' for r in v)})")
     print(f"tensor-resident / DataLoader = {result['ratio']:.2f}x")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    return 0
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ cannot do better than that). Then MixTraining (rho = 0.5) and SSL+SL end to end 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -28,6 +27,8 @@ from trainable.data import generator
 from trainable.engine import Engine, load_training_data
 from trainable.losses import mae_loss
 from trainable.models import select_tokens
+
+from common import write_result  # benchmarks/common.py (this folder is on sys.path when run as a script)
 
 KINDS = {  # name -> config whose every epoch is that kind
     "ssl": dict(method="ssl_sl"),  # e_ssl = reps, e_sl = 1: the first `reps` epochs are SSL-only
@@ -119,9 +120,7 @@ def main(argv=None) -> int:
     print(f"merged / ideal (sl + decoder) = {result['merged_mix_over_ideal']:.3f}")
     print(f"end to end, {args.e2e_epochs} + {args.e2e_epochs} epochs: SSL+SL {e2e['ssl_sl']:.1f} s, MixTraining "
           f"(rho 0.5) {e2e['mixtraining']:.1f} s, speedup {result['end_to_end_speedup_mixtraining_over_ssl_sl']:.2f}x")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    return 0
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

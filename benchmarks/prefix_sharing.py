@@ -8,22 +8,18 @@ time, and search efficiency = sum of the trials' own training time / (wall time 
 """
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import ray
 import torch
 
 from trainable.schedule import phase_plan
-from tuning import search
+
+from common import run_search, run_searches, search_parser, write_result  # benchmarks/common.py (this folder is on sys.path when run as a script)
 
 
 def ssl_only_planned(row) -> int:
@@ -38,12 +34,7 @@ def run(share: bool, args, storage: str) -> dict:
             "--cpus-per-trial", str(2 / args.concurrent), "--max-concurrent", str(args.concurrent),
             "--storage-path", storage, "--name", f"share-{share}", "--no-mlflow", "--verbose", "0",
             "--checkpoint-every", "100"] + ([] if share else ["--no-share-ssl"])
-    parser = search.build_parser()
-    a = parser.parse_args(argv)
-    search.validate(a, parser)
-    t0 = time.perf_counter()
-    df = search.run(a).df
-    wall = time.perf_counter() - t0
+    df, wall = run_search(argv)
     planned = sum(ssl_only_planned(r) for r in df.itertuples())
     reused = int(df["ssl_epochs_reused"].sum())
     own_time = float((df["train_time_s"] - df["ssl_time_reused_s"]).sum())
@@ -53,18 +44,12 @@ def run(share: bool, args, storage: str) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--epoch-scale", type=float, default=0.08, help="50/75/100 epochs -> 4/6/8")
+    p = search_parser(__doc__, 0.08, "50/75/100 epochs -> 4/6/8")
     p.add_argument("--fraction", type=float, default=1.0)
     p.add_argument("--concurrent", type=int, default=4)
-    p.add_argument("--out")
     args = p.parse_args(argv)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    with tempfile.TemporaryDirectory() as storage:
-        results = {"without_sharing": run(False, args, storage), "with_sharing": run(True, args, storage)}
-    ray.shutdown()
+    results = run_searches(lambda share, storage: run(share, args, storage),
+                           {"without_sharing": False, "with_sharing": True})
     off, on = results["without_sharing"], results["with_sharing"]
     results.update(
         machine=f"{platform.machine()} torch {torch.__version__} cpu, 2 cores, {args.concurrent} trials at once",
@@ -78,9 +63,7 @@ def main(argv=None) -> int:
               f"{100 * r['search_efficiency']:.0f}%")
     print(f"SSL-only epochs: {results['ssl_epochs_ratio']:.1f}x fewer with sharing; "
           f"wall time {results['wall_ratio']:.2f}x shorter")
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-    return 0
+    return write_result(args.out, results)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,12 @@ def parameter_study_figure(study: pd.DataFrame, param: str):
                 ax.axhline(100 * sub[method].iloc[0], ls="--", color=COLORS[method], label=METHOD_NAMES[method])
         ax.set_title(f"fraction {fraction:g}, {epochs} epochs", fontsize=9)
         ax.set_xlabel({"alpha": "alpha (loss ratio, Eq. 3)", "rho": "rho (mix ratio, Eq. 1)"}.get(param, param))
+    return _finish_panels(fig, axes)
+
+
+def _finish_panels(fig, axes):
+    """A row of panels sharing a y label, with a grid each and the legend in the first."""
+    for ax in axes[0]:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (%)")
     if axes[0][0].get_legend_handles_labels()[0]:
@@ -104,12 +110,7 @@ def budget_figure(table: pd.DataFrame):
                         capsize=3, color=COLORS.get(method), label=METHOD_NAMES.get(method, method))
         ax.set_title(f"fraction {fraction:g}", fontsize=9)
         ax.set_xlabel("epochs (e_ssl = e_sl)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%)")
-    if axes[0][0].get_legend_handles_labels()[0]:
-        axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish_panels(fig, axes)
 
 
 def importance_figure(importances: dict[float, dict[str, float]]):

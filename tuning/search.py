@@ -57,7 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python tuning/search.py", description=__doc__,
                                 usage="%(prog)s [options]   (--help lists them)",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("search")
+    _search_args(p.add_argument_group("search"))
+    _resource_args(p.add_argument_group("resources and storage"))
+    _tracking_args(p.add_argument_group("tracking"))
+    add_common_args(p, default_dataset="cifar10")
+    return p
+
+
+def _search_args(g) -> None:
     g.add_argument("--space", default="paper", choices=SPACES,
                    help="search space (default: paper); table1: the paper's main protocol, every seed to the end")
     g.add_argument("--search", choices=SEARCHES,
@@ -86,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not share SSL-only prefixes between trials with the same SSL settings")
     g.add_argument("--prefix-store-gb", type=POSITIVE, default=20.0,
                    help="size bound of the shared SSL-prefix store, in GiB (default 20)")
-    g = p.add_argument_group("resources and storage")
+
+
+def _resource_args(g) -> None:
     g.add_argument("--max-concurrent", type=COUNT, help="trials at once (default: as many as resources allow)")
     g.add_argument("--cpus-per-trial", type=POSITIVE, default=1.0)
     g.add_argument("--gpus-per-trial", type=NON_NEGATIVE, default=0.0,
@@ -104,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep every trial's last checkpoint (default: only running, failed and best-model trials')")
     g.add_argument("--max-failures", type=number(int, 0, 100), default=3, help="retries of a failed trial from its checkpoint")
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray's progress output")
-    g = p.add_argument_group("tracking")
+
+
+def _tracking_args(g) -> None:
     g.add_argument("--mlflow-uri", type=tracking_uri, help="tracking server or store (default: $MLFLOW_TRACKING_URI, else "
                                         "sqlite:///mlflow.db in this folder)")
     g.add_argument("--experiment", default="mixtraining", type=mlflow_experiment, help="MLflow experiment name (default: mixtraining)")
@@ -113,8 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="register the best model in MLflow's model registry under NAME")
     g.add_argument("--system-metrics", action="store_true",
                    help="log each trial's CPU, memory and GPU use per epoch (needs psutil; nvidia-ml-py for GPUs)")
-    add_common_args(p, default_dataset="cifar10")
-    return p
 
 
 PROTOCOL_SPACES = ("table1",)  # spaces that fix one configuration and run every seed to the end
