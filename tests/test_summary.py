@@ -103,3 +103,10 @@ def test_param_importances__the_parameter_that_decides_the_accuracy_matters_most
     assert importances["alpha"] > 0.9 > importances["rho"]
     flat = [row("mixtraining", 0, 0.5, 0.5, alpha=a, rho=r) for a in (0.1, 0.9) for r in (0.5, 1.0)]
     assert param_importances(frame(*flat)) == {}  # every configuration scored the same: nothing to rank
+
+
+def test_comparison_table__configs_tried_counts_the_configurations_the_scheduler_stopped_too():
+    df = frame(*BASELINES, *[row("mixtraining", s, 0.8, 0.7) for s in (0, 1, 2)],
+               row("mixtraining", 0, 0.3, 0.3, alpha=0.9, completed=False),
+               row("mixtraining", 0, 0.2, 0.2, alpha=0.1, completed=False))
+    assert comparison_table(df).set_index("method").loc["mixtraining", "tried"] == 3

@@ -103,16 +103,16 @@ def _per_seed(rows: pd.DataFrame, value: str) -> pd.Series:
 
 def comparison_rows(df: pd.DataFrame) -> list[tuple[dict, dict[str, pd.DataFrame]]]:
     """Per comparison group: its keys and, per method, the completed runs on the group's common seeds."""
-    done = df[df["completed"] & df["error"].isna()]
     group = _keys(df)
     out = []
-    for key, sub in done.groupby(group, dropna=False):
+    for key, sub in df.groupby(group, dropna=False):
         key = dict(zip(group, key if isinstance(key, tuple) else (key,)))
-        runs = {m: sub[sub["method"] == m] for m in ("sl", "ssl_sl")}
-        best = choose_best(sub)
+        done = sub[sub["completed"] & sub["error"].isna()]
+        runs = {m: done[done["method"] == m] for m in ("sl", "ssl_sl")}
+        best = choose_best(sub)  # from every run of the group: `tried` counts stopped configurations too
         if not best.empty:
             b = best.iloc[0]
-            mix = sub[sub["method"] == "mixtraining"]
+            mix = done[done["method"] == "mixtraining"]
             runs["mixtraining"] = mix[(mix[CONFIG_KEYS] == b[CONFIG_KEYS]).all(axis=1)].assign(tried=b["tried"])
         runs = {m: r for m, r in runs.items() if not r.empty}
         common = set.intersection(*(set(r["seed"]) for r in runs.values())) if runs else set()
