@@ -424,3 +424,31 @@ def test_search__warm_start_from_a_search_on_other_data_is_refused(tmp_path, cap
     assert rc == 2
     err = capsys.readouterr().err
     assert "--warm-start old: that search ran on other data, model or budget: --dataset mnist (it ran digits)" in err
+
+
+def test_search__tune_may_keep_as_many_trials_pending_as_there_are_slots(ray_cluster, monkeypatch):
+    """Tune keeps one trial pending for a search algorithm of its own kind: freed slots then fill one at a
+    time and an autoscaler is asked for one worker at a time."""
+    from tuning import cluster
+    args = search.build_parser().parse_args([*TINY, "--cpus-per-trial", "0.5"])
+    assert search.pending_trials(args) == 4  # the session's Ray has 2 CPUs
+    args.max_concurrent = 3
+    assert search.pending_trials(args) == 3
+    monkeypatch.setattr(cluster, "launchable_node_types",
+                        lambda address: [cluster.NodeType("gpu_worker", {"CPU": 4, "GPU": 1}, max_workers=2)])
+    gpu = search.build_parser().parse_args([*TINY, "--cpus-per-trial", "1", "--gpus-per-trial", "0.25"])
+    assert search.pending_trials(gpu) == 8  # no GPU here; two workers of four trials each may join
+
+    seen = []
+
+    class Tuner:
+        def fit(self):
+            seen.append(os.environ.get(search.PENDING_ENV))
+            return []
+
+    monkeypatch.delenv(search.PENDING_ENV, raising=False)
+    search.fit(Tuner(), None, None, pending=4)
+    assert seen == ["4"] and search.PENDING_ENV not in os.environ
+    monkeypatch.setenv(search.PENDING_ENV, "16")  # the user's own setting wins
+    search.fit(Tuner(), None, None, pending=4)
+    assert seen == ["4", "16"]

@@ -85,14 +85,16 @@ def estimate(searcher, space: dict[str, Any], loaded: dict, base: dict) -> Estim
     return est
 
 
+def trials_per_node(resources: dict, cpus: float, gpus: float) -> int:
+    """Trials of `cpus` CPUs and `gpus` GPUs that one node with these resources runs at once."""
+    fits = [resources.get("CPU", 0) / cpus] + ([resources.get("GPU", 0) / gpus] if gpus else [])
+    return math.floor(min(fits) + 1e-9)
+
+
 def slots_available(cpus: float, gpus: float) -> int:
     """Trials the alive nodes can run at once."""
     import ray
-    total = 0
-    for node in (n["Resources"] for n in ray.nodes() if n.get("Alive")):
-        fits = [node.get("CPU", 0) / cpus] + ([node.get("GPU", 0) / gpus] if gpus else [])
-        total += math.floor(min(fits) + 1e-9)
-    return total
+    return sum(trials_per_node(n["Resources"], cpus, gpus) for n in ray.nodes() if n.get("Alive"))
 
 
 def describe(est: Estimate, step_seconds: dict[str, float], slots: int, early_stopping: bool) -> str:

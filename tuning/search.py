@@ -639,8 +639,35 @@ def make_tuner(args: argparse.Namespace, base: dict, loaded: dict, parent: str |
                 num_to_keep=4 if args.scheduler == "pbt" else 1)))  # PBT exploits others' checkpoints
 
 
-def fit(tuner, parent: str | None, mlflow_uri: str | None):
-    """Tune's results; KeyboardInterrupt when the search was interrupted (its parent run then KILLED)."""
+PENDING_ENV = "TUNE_MAX_PENDING_TRIALS_PG"
+
+
+def pending_trials(args: argparse.Namespace) -> int:
+    """How many trials Ray Tune may keep waiting for resources at once.
+
+    For a search algorithm of its own kind Tune allows one (`_get_max_pending_trials`): slots freed
+    together are then filled one after another, each waiting for the trial before it to get its actor,
+    and an autoscaler is asked for one worker at a time. Here: --max-concurrent, else the trials that the
+    alive nodes and the nodes the autoscaler may add can run at once.
+    """
+    import ray
+
+    from tuning import cluster
+    from tuning.progress import slots_available, trials_per_node
+    if args.max_concurrent:
+        return args.max_concurrent
+    cpus, gpus = args.cpus_per_trial, args.gpus_per_trial
+    launchable = sum(min(t.max_workers, 1000) * trials_per_node(t.resources, cpus, gpus)
+                     for t in cluster.launchable_node_types(ray.get_runtime_context().gcs_address))
+    return max(1, slots_available(cpus, gpus) + int(launchable))
+
+
+def fit(tuner, parent: str | None, mlflow_uri: str | None, pending: int = 1):
+    """Tune's results; KeyboardInterrupt when the search was interrupted (its parent run then KILLED).
+    pending: trials Tune may keep waiting for resources (`pending_trials`), unless the user set it."""
+    user_set = PENDING_ENV in os.environ
+    if not user_set:
+        os.environ[PENDING_ENV] = str(pending)  # read when tuner.fit() builds Tune's controller
     try:
         results = tuner.fit()
         # On Ctrl-C Tune saves its state and returns; trials neither done nor failed mean that.
@@ -651,6 +678,9 @@ def fit(tuner, parent: str | None, mlflow_uri: str | None):
         if parent:
             tracking.end_run(mlflow_uri, parent, "KILLED")  # a warning, not a new error, if MLflow is away
         raise
+    finally:
+        if not user_set:
+            os.environ.pop(PENDING_ENV, None)
 
 
 def finish(args: argparse.Namespace, results, base: dict, parent: str | None, folder: storage.Folder,
@@ -711,7 +741,7 @@ def run(args: argparse.Namespace, given: set[str] | None = None) -> Outcome:
         planned = announce_cost(args, searcher, loaded, base, folder)
         parent = start_tracking(args, folder)
         tuner = make_tuner(args, base, loaded, parent, folder, restore, searcher, planned)
-        results = fit(tuner, parent, args.mlflow_uri)
+        results = fit(tuner, parent, args.mlflow_uri, pending_trials(args))
         return finish(args, results, base, parent, folder, history)
     finally:
         lock.release()
