@@ -255,6 +255,8 @@ def test_tracking__the_experiment_opens_as_model_training_and_the_search_prints_
     exp = c.get_experiment_by_name("tracked")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in out
+    parent = c.search_runs([exp.experiment_id], "attributes.run_name = 'tracked'")  # its parent, opened on its figures
+    assert f"/runs/{parent[0].info.run_id}/artifacts?workflowType=machine_learning" in out
 
 
 def test_tracking__the_registered_best_model_loads_and_reproduces_its_test_accuracy(tracked_search, mlflow_server):

@@ -84,7 +84,8 @@ def ui_links(uri: str, parent: str) -> list[str]:
     web = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     lines = [] if uri.startswith(("http://", "https://")) else [f"mlflow ui --backend-store-uri {uri}"]
     return lines + [f"{web}/#/experiments/{exp}/runs?workflowType=machine_learning  (the search's runs)",
-                    f"{web}/#/experiments/{exp}/runs/{parent}  (its parent run: table, figures, best model)"]
+                    f"{web}/#/experiments/{exp}/runs/{parent}/artifacts?workflowType=machine_learning  "
+                    "(its parent run: table, figures, best model)"]
 
 
 def git_commit() -> str | None:
