@@ -19,6 +19,7 @@ if __package__ in (None, ""):
 
 import torch
 
+from tuning.summary import comparison_table
 
 from common import run_search, run_searches, search_parser, write_result  # benchmarks/common.py (this folder is on sys.path when run as a script)
 
@@ -29,8 +30,11 @@ def speedups(concurrent: int, args, storage: str) -> dict[str, float]:
             str(concurrent), "--storage-path", storage, "--name", f"concurrent-{concurrent}", "--no-mlflow",
             "--verbose", "0", "--checkpoint-every", "100"]
     df, _ = run_search(argv)
-    mean = df[df["completed"]].groupby("method")[["compute_tflop", "calibrated_time_s", "train_time_s"]].mean()
-    return {f"speedup_{k}": mean.loc["ssl_sl", k] / mean.loc["mixtraining", k] for k in mean.columns}
+    t = comparison_table(df).set_index("method")  # over the seeds every method completed
+    mix, base = t.loc["mixtraining"], t.loc["ssl_sl"]
+    return {"speedup_compute_tflop": mix["speedup_compute_tflop"],
+            "speedup_calibrated_time_s": mix["speedup_calibrated_time_s"],
+            "speedup_train_time_s": base["train_time_s"] / mix["train_time_s"]}
 
 
 def main(argv=None) -> int:

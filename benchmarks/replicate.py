@@ -37,17 +37,17 @@ METHODS = ("sl", "ssl_sl", "mixtraining")
 PROTOCOL = {k: v for k, v in SPACES["table1"].items() if k != "epochs"}  # alpha, rho, lam of Sec. 3.1
 
 
-def run_one(cfg: MixConfig, data, step_seconds: dict[str, float]) -> dict:
+def run_one(cfg: MixConfig, data, step_seconds: dict[str, float], epoch_scale: float) -> dict:
     """Train one configuration to the end; its row for the comparison."""
     engine = Engine(resolve(cfg), data=data, step_seconds=step_seconds)
     while not engine.done:
         metrics = engine.run_epoch()
     metrics.update({f"test_{k}": v for k, v in engine.evaluate("test").items()})
-    return trial_row({**cfg.to_dict(), "_epoch_scale": 0}, metrics, completed=True, error=None,
+    return trial_row({**cfg.to_dict(), "_epoch_scale": epoch_scale}, metrics, completed=True, error=None,
                      trial_id=f"{cfg.method}-{cfg.fraction:g}-{cfg.seed}")
 
 
-def replicate(base: MixConfig, fractions: list[float], seeds: int, epochs: int) -> pd.DataFrame:
+def replicate(base: MixConfig, fractions: list[float], seeds: int, epochs: int, epoch_scale: float) -> pd.DataFrame:
     rows = []
     for fraction in fractions:
         data_by_seed = {}
@@ -61,7 +61,7 @@ def replicate(base: MixConfig, fractions: list[float], seeds: int, epochs: int) 
                 cfg = base.replace(method=method, fraction=fraction, seed=seed, e_ssl=epochs, e_sl=epochs,
                                    **PROTOCOL)
                 t0 = time.perf_counter()
-                rows.append(run_one(cfg, data_by_seed[seed], step_seconds))
+                rows.append(run_one(cfg, data_by_seed[seed], step_seconds, epoch_scale))
                 r = rows[-1]
                 print(f"fraction {fraction:g} seed {seed} {method:<11} test_acc={r['test_acc']:.4f} "
                       f"train {r['train_time_s']:.1f} s ({time.perf_counter() - t0:.1f} s with evaluation)",
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
           f"fractions {' '.join(f'{f:g}' for f in args.fraction)}, model {resolve(base).model} on {device}",
           flush=True)
     t0 = time.perf_counter()
-    df = replicate(base, args.fraction, args.seeds, epochs)
+    df = replicate(base, args.fraction, args.seeds, epochs, args.epoch_scale)
     table, paired = comparison_table(df), paired_stats(df)
     print(f"\n{format_table(table)}\n\n{format_paired(paired)}")
     print(f"{len(df)} runs in {time.perf_counter() - t0:.0f} s")

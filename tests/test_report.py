@@ -37,7 +37,7 @@ def test_report__parent_run_option_reads_one_search_only(tracked_search, mlflow_
                                                  ("empty", "experiment 'empty' has no trial runs")])
 def test_report__missing_or_empty_experiment_exits_2_with_a_message(tmp_path, capsys, experiment, message):
     uri = f"sqlite:///{tmp_path}/m.db"
-    tracking.experiment_id(MlflowClient(uri), "empty")
+    tracking.experiment_id(MlflowClient(uri), "empty", uri)
     assert report.main(["--experiment", experiment, "--mlflow-uri", uri, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

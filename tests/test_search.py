@@ -452,3 +452,19 @@ def test_search__tune_may_keep_as_many_trials_pending_as_there_are_slots(ray_clu
     monkeypatch.setenv(search.PENDING_ENV, "16")  # the user's own setting wins
     search.fit(Tuner(), None, None, pending=4)
     assert seen == ["4", "16"]
+
+
+def test_best_checkpoint__the_best_seed_of_the_chosen_configuration_among_this_searchs_trials():
+    """A completion run is a completed run of the chosen configuration (so a candidate, whose checkpoint
+    PruneCheckpoints keeps); a warm-started search's earlier trials are not among its results."""
+    from types import SimpleNamespace
+
+    from test_summary import BASELINES, frame, row
+    rows = [row("mixtraining", 0, val=0.90, test=0.9, alpha=0.1),
+            row("mixtraining", 1, val=0.95, test=0.9, alpha=0.1, completion=True),
+            row("mixtraining", 2, val=0.99, test=0.9, alpha=0.1),  # the earlier search's
+            row("mixtraining", 0, val=0.60, test=0.9, alpha=0.9)]
+    results = [SimpleNamespace(metrics={"trial_id": r["trial_id"]}, checkpoint=f"ckpt-{r['trial_id']}")
+               for r in rows if r["seed"] != 2]
+    assert search.best_checkpoint(results, frame(*BASELINES, *rows)) == f"ckpt-{rows[1]['trial_id']}"
+    assert search.best_checkpoint([], frame(*BASELINES, *rows)) is None

@@ -227,10 +227,53 @@ def test_searcher__history_of_an_earlier_search_skips_its_baselines_and_its_conf
                            num_samples=1, inner={1.0: inner}, metric="val_acc", mode="max")
     history = pd.DataFrame([
         {"method": "sl", "epochs": 2, "e_ssl": 2, "fraction": 1.0, "seed": 0, "group": None, "alpha": 0.5,
-         "rho": 0.5, "lam": 0.5, "val_acc": 0.3, "completed": True, "error": None},
+         "rho": 0.5, "lam": 0.5, "val_acc": 0.3, "completed": True, "completion": False, "error": None},
         {"method": "mixtraining", "epochs": 2, "e_ssl": 2, "fraction": 1.0, "seed": 0, "group": "old",
-         "alpha": 0.1, "rho": 0.5, "lam": 0.5, "val_acc": 0.6, "completed": True, "error": None}])
+         "alpha": 0.1, "rho": 0.5, "lam": 0.5, "val_acc": 0.6, "completed": True, "completion": False,
+         "error": None}])
     s.add_history(history)
     trials, _ = _drain(s)
     assert [c["method"] for _, c in trials] == ["ssl_sl", "mixtraining"]  # SL ran before; SSL+SL did not
     assert trials[1][1]["alpha"] == 0.9 and inner.told[trials[1][0]] == {"val_acc": 0.6}
+
+
+def _by_config(trials):
+    by = {}
+    for tid, c in trials:
+        by.setdefault((c["alpha"], c["rho"]), {})[c["seed"]] = tid
+    return by
+
+
+def test_searcher__a_failed_trial_retried_on_resume_counts_with_its_result():
+    s = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=2, budgets=[2], epoch_scale=1.0,
+                           num_samples=1, inner=None, metric="val_acc", mode="max", baselines=False)
+    by = _by_config(_drain(s)[0])
+    a, b = by.pop((0.9, 0.5)), by.pop((0.1, 0.5))
+    s.on_trial_complete(a[0], None, error=True)
+    s.on_trial_complete(a[1], {"val_acc": 0.9, "completed": True})
+    s.on_trial_complete(b[0], {"val_acc": 0.7, "completed": True})
+    s.on_trial_complete(b[1], {"val_acc": 0.3, "completed": False})  # stopped early
+    for seeds in by.values():
+        for tid in seeds.values():
+            s.on_trial_complete(tid, {"val_acc": 0.1, "completed": True})
+    s.on_trial_result(a[0], {"phase": "sl", "epoch": 1})  # `--resume` retries the failed trial
+    s.on_trial_complete(a[0], {"val_acc": 0.1, "completed": True})  # (0.9 + 0.1) / 2 < 0.7: b is the best
+    completion = s.suggest("c0")
+    assert (completion["alpha"], completion["rho"], completion["seed"]) == (0.1, 0.5, 1)
+
+
+def test_searcher__an_earlier_searchs_completion_runs_finish_their_seed_and_stay_out_of_the_mean():
+    import pandas as pd
+    s = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=2, budgets=[2], epoch_scale=1.0,
+                           num_samples=1, inner=None, metric="val_acc", mode="max", baselines=False)
+    row = {"method": "mixtraining", "epochs": 2, "e_ssl": 2, "fraction": 1.0, "group": "old", "alpha": 0.9,
+           "rho": 0.5, "lam": 0.5, "error": None}
+    s.add_history(pd.DataFrame([
+        {**row, "seed": 1, "val_acc": 0.85, "completed": True, "completion": True},  # completed seed 1 later
+        {**row, "seed": 0, "val_acc": 0.9, "completed": True, "completion": False},
+        {**row, "seed": 1, "val_acc": 0.2, "completed": False, "completion": False}]))
+    assert s.known[1.0][("alpha", 0.9), ("rho", 0.5), ("lam", 0.5), ("e_ssl", 2), ("e_sl", 2)] == \
+        {"val_acc": pytest.approx(0.55)}  # the search proper's two seeds, as the searcher tells its own
+    trials, _ = _drain(s, finish=True)
+    assert len(trials) == 6  # the three other grid points on two seeds; seed 1 of the best is not rerun
+    assert s.suggest("x") == Searcher.FINISHED

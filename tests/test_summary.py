@@ -72,6 +72,9 @@ def test_comparison_table__runs_on_other_data_get_rows_of_their_own():
     assert len(table) == 6 and set(table["datasets"]) == {"digits", "mnist"}
     assert table.groupby("datasets")["seeds"].max().to_dict() == {"digits": 3, "mnist": 2}
     assert "| datasets |" in format_table(table).splitlines()[0]  # shown, since it varies
+    paired = format_paired(paired_stats(df))  # and its paired lines say which data they are about
+    assert "MixTraining - SL (datasets mnist, fraction 1, epochs 10)" in paired
+    assert "MixTraining - SL (datasets digits, fraction 1, epochs 10)" in paired
 
 
 def test_paired_stats__mean_and_t_interval_of_the_per_seed_differences():

@@ -102,10 +102,22 @@ def test_tracking__reconstructions_on_trials_with_a_decoder_and_parent_artifacts
             "best_model/config.json"} <= arts
 
 
+def test_tracking__a_local_stores_artifacts_live_next_to_its_database_wherever_the_search_runs(tmp_path,
+                                                                                                monkeypatch):
+    uri = f"sqlite:///{tmp_path}/store/m.db"
+    (tmp_path / "store").mkdir()
+    monkeypatch.chdir(tmp_path)  # not the store's folder: MLflow's default would be ./mlruns here
+    c = MlflowClient(uri)
+    parent = c.create_run(tracking.experiment_id(c, "where", uri)).info.run_id
+    c.log_text(parent, "hello", "note.txt")
+    assert (tmp_path / "store" / "mlruns").is_dir() and not (tmp_path / "mlruns").exists()
+    assert tracking.artifact_location("http://127.0.0.1:5000") is None  # a server chooses
+
+
 def test_tracking__a_run_of_a_trial_lost_with_the_driver_is_ended_and_deleted(tmp_path):
     from tuning.tracking import drop_orphans, experiment_id
     c = MlflowClient(f"sqlite:///{tmp_path}/m.db")
-    eid = experiment_id(c, "orphans")
+    eid = experiment_id(c, "orphans", f"sqlite:///{tmp_path}/m.db")
     parent = c.create_run(eid).info.run_id
     kept = c.create_run(eid, tags={"mlflow.parentRunId": parent, "trial_id": "kept"}).info.run_id
     ghost = c.create_run(eid, tags={"mlflow.parentRunId": parent, "trial_id": "ghost"}).info.run_id
@@ -132,7 +144,7 @@ def test_tracking__calls_kept_while_mlflow_was_away_reach_the_run_the_next_drive
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     uri = f"sqlite:///{tmp_path}/m.db"
     c = MlflowClient(uri)
-    parent = c.create_run(tracking.experiment_id(c, "replay")).info.run_id
+    parent = c.create_run(tracking.experiment_id(c, "replay", uri)).info.run_id
     folder = storage.Folder(str(tmp_path / "experiment"))
     away = tracking.Outbox(f"http://127.0.0.1:{free_port()}")  # nothing listens there
     away.load(folder)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import statistics
-import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -55,23 +54,22 @@ def step_flops(model_cfg: ModelConfig, classes: tuple[int, ...], kind: str, mix_
 
 def calibrate(engine: "Engine", steps: int = 8, reps: int = 3, max_seconds: float = 60.0) -> dict[str, float]:
     """Seconds per image of an SSL, a mix and an SL step of `engine`'s model and data on its device:
-    the median of `reps` interleaved timings of `steps` steps each, after one warm-up step per kind.
+    the median of `reps` interleaved timings of `steps` steps each, after two warm-up steps per kind.
 
-    On a slow device the steps are cut so the whole calibration stays near `max_seconds`.
-    `engine` is used up (its weights and optimiser move): pass a throwaway one.
+    Only the steps are timed (not making the optimiser or the batches). On a slow device the steps are
+    cut so the whole calibration stays near `max_seconds`. `engine` is used up (its weights and
+    optimiser move): pass a throwaway one.
     """
-    first = {}
-    for kind in KINDS:  # warm-up (lazy initialisation, compilation), which also sizes the timed runs
-        t0 = time.perf_counter()
-        images = engine.train_steps(kind, 1)
-        first[kind] = (time.perf_counter() - t0) / images
-    per_image = sum(first.values())
-    images_per_step = engine.cfg.batch_size
-    steps = max(1, min(steps, int(max_seconds / (reps * images_per_step * per_image))))
+    for kind in KINDS:  # the first step of each kind: lazy initialisation, compilation
+        engine.train_steps(kind, 1)
+    per_image = 0.0
+    for kind in KINDS:  # the second, compiled already, sizes the timed runs
+        images, seconds = engine.train_steps(kind, 1)
+        per_image += seconds / images
+    steps = max(1, min(steps, int(max_seconds / (reps * engine.cfg.batch_size * per_image))))
     times: dict[str, list[float]] = {k: [] for k in KINDS}
     for rep in range(reps):
         for kind in KINDS:
-            t0 = time.perf_counter()
-            images = engine.train_steps(kind, steps, seed=rep + 1)
-            times[kind].append((time.perf_counter() - t0) / images)
+            images, seconds = engine.train_steps(kind, steps, seed=rep + 1)
+            times[kind].append(seconds / images)
     return {k: statistics.median(v) for k, v in times.items()}

@@ -285,16 +285,20 @@ class Engine:
             images += batch_images(batch)
         return sums, images, lr
 
-    def train_steps(self, phase: str, steps: int, seed: int = 0) -> int:
+    def train_steps(self, phase: str, steps: int, seed: int = 0) -> tuple[int, float]:
         """`steps` optimiser steps of a phase outside the plan, at the optimiser's current LR, for measuring
-        what a step costs (`trainable.cost.calibrate`); the images trained on. Leaves the plan's state alone
+        what a step costs (`trainable.cost.calibrate`): the images trained on and the seconds the steps took
+        (the optimiser and the batches are made before the clock starts). Leaves the plan's state alone
         only in the sense that matters there: use a throwaway engine."""
         self._ensure_optimizer(self._opt_kind(phase))
         batches = self._batches(phase, generator(seed))
         batches = (batches * math.ceil(steps / len(batches)))[:steps]
-        images = self._train(phase, batches, generator(seed, self.device), None)[1]
+        gen = generator(seed, self.device)
         self._sync()
-        return images
+        t0 = time.perf_counter()
+        images = self._train(phase, batches, gen, None)[1]
+        self._sync()
+        return images, time.perf_counter() - t0
 
     def _check_finite(self, losses: dict[str, float], phase: str, lr: float) -> None:
         if not all(math.isfinite(v) for v in losses.values()):

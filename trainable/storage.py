@@ -53,7 +53,8 @@ class Folder:
         self.write_bytes(name, text.encode())
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        self.fs.create_dir(self.root, recursive=True)
+        """Written whole or not at all, like `write_text`; `name` may name a sub-folder ("a/b.csv")."""
+        self.fs.create_dir(self.path(name).rsplit("/", 1)[0], recursive=True)
         if isinstance(self.fs, pyarrow.fs.LocalFileSystem):
             write_durably(self.path(name), data)
             return

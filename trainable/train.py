@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from trainable.cli import COUNT, FRACTION, INDEX, UNIT, add_common_args, common_config, config_error_message
+from trainable.cli import (COUNT, FRACTION, INDEX, UNIT, add_common_args, common_config, config_error_message,
+                           local_file)
 from trainable.config import METHODS, ConfigError, MixConfig, resolve
 from trainable.datasets import MissingDataError
 from trainable.engine import Engine, NonFiniteLossError
@@ -35,10 +36,7 @@ def save_atomic(state: dict, path: Path) -> None:
 
 
 def checkpoint_path(text: str) -> Path:
-    path = Path(text)
-    if path.is_dir() or not text:
-        raise argparse.ArgumentTypeError(f"must be a file path (a folder was given), got {text!r}")
-    return path
+    return Path(local_file(text))
 
 
 def build_parser() -> argparse.ArgumentParser:

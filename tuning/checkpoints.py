@@ -1,10 +1,11 @@
 """Trial checkpoints kept only while something needs them, so a long search's disk use stays bounded.
 
-Tune keeps the latest checkpoint of each trial (`CheckpointConfig(num_to_keep=1)`), which is what a
-resume needs. Once a trial has ended, its checkpoints serve nothing unless it is a candidate for the
+Tune keeps the latest two checkpoints of each trial (`CheckpointConfig(num_to_keep=2)`), what a resume
+needs when the driver was killed between a trial's checkpoint and the experiment snapshot naming it. Once a trial has ended, its checkpoints serve nothing unless it is a candidate for the
 best model, which is taken from a completed MixTraining trial at the end of the search:
-- `PruneCheckpoints` removes them as soon as a baseline, a stopped trial or a completion run ends
-  (a failed trial keeps them: `--resume` retries it from there);
+- `PruneCheckpoints` removes them as soon as a baseline or a stopped trial ends, and all but the final
+  one of a completed MixTraining trial (a completion run is a completed run of the chosen
+  configuration, so a candidate too); a failed trial keeps them: `--resume` retries it from there;
 - `prune_all_but` removes those of every trial but the best model's when the search has finished.
 `--keep-checkpoints` turns both off.
 """
@@ -36,9 +37,9 @@ def delete_checkpoints(fs: pyarrow.fs.FileSystem, trial_path: str, keep: str | N
 class PruneCheckpoints(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         cfg, last = trial.config, trial.last_result or {}
-        candidate = cfg.get("method") == "mixtraining" and last.get("completed") and not cfg.get("_completion")
-        if not candidate:
-            delete_checkpoints(trial.storage.storage_filesystem, trial.storage.trial_fs_path)
+        candidate = cfg.get("method") == "mixtraining" and last.get("completed")
+        final = trial.checkpoint.path if candidate and trial.checkpoint is not None else None
+        delete_checkpoints(trial.storage.storage_filesystem, trial.storage.trial_fs_path, keep=final)
 
 
 def prune_all_but(results, best) -> int:

@@ -127,3 +127,26 @@ def importance_figure(importances: dict[float, dict[str, float]]):
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def report_files(df: pd.DataFrame, table: pd.DataFrame) -> dict[str, bytes]:
+    """The search's report by file name, each made once: the comparison (CSV, Markdown with the paired
+    statistics), the paired statistics (CSV), Fig. 1, and the parameter studies (accuracy against alpha,
+    rho and the epoch budget, the paper's Tables 4-6, as CSV and plots) with the hyperparameter importances.
+    Written to the experiment folder and logged on the MLflow parent run; `tuning/report.py` writes it too."""
+    import json
+
+    from tuning.summary import format_paired, format_table, paired_stats, param_importances, parameter_study
+    if table.empty:
+        return {"accuracy_vs_cost.png": png(accuracy_vs_cost_figure(df))}
+    paired, importances = paired_stats(df), param_importances(df)
+    files = {"comparison.csv": table.to_csv(index=False), "paired.csv": paired.to_csv(index=False),
+             "comparison.md": format_table(table) + "\n\n" + format_paired(paired) + "\n",
+             "parameter_study/importances.json": json.dumps(importances, indent=1)}
+    figures = {"accuracy_vs_cost.png": accuracy_vs_cost_figure(df), "parameter_study/epochs.png": budget_figure(table),
+               "parameter_study/importances.png": importance_figure(importances)}
+    for p in ("alpha", "rho"):
+        study = parameter_study(df, p)
+        files[f"parameter_study/{p}.csv"] = study.to_csv(index=False)
+        figures[f"parameter_study/{p}.png"] = parameter_study_figure(study, p)
+    return {**{k: v.encode() for k, v in files.items()}, **{k: png(fig) for k, fig in figures.items()}}

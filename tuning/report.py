@@ -77,18 +77,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_report(df: pd.DataFrame, out: Path) -> None:
-    """The comparison table, the paired statistics and Fig. 1, written to `out` and printed."""
-    import matplotlib.pyplot as plt
-
-    from tuning.plots import accuracy_vs_cost_figure
+    """The search's report files (`tuning.plots.report_files`: the comparison table, the paired statistics,
+    Fig. 1, the parameter studies), written to `out`; the table and the paired statistics printed."""
+    from tuning.plots import report_files
     table, paired = comparison_table(df), paired_stats(df)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "comparison.csv", index=False)
-    paired.to_csv(out / "paired.csv", index=False)
-    (out / "comparison.md").write_text(format_table(table) + "\n\n" + format_paired(paired) + "\n")
-    fig = accuracy_vs_cost_figure(df)
-    fig.savefig(out / "accuracy_vs_cost.png", dpi=120)
-    plt.close(fig)
+    for name, data in report_files(df, table).items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
     print(format_table(table))
     print()
     print(format_paired(paired))

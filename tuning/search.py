@@ -586,11 +586,11 @@ def start_tracking(args: argparse.Namespace, folder: storage.Folder) -> str | No
 def announce_cost(args: argparse.Namespace, searcher, loaded: dict, base: dict, folder: storage.Folder) -> float:
     """Print what the search will cost (trials, epochs, images, time on the slots there are); the planned
     epochs, which the progress output counts against (kept in the experiment folder for a resume)."""
-    from tuning.progress import describe, estimate, slots_available
+    from tuning.progress import describe, estimate
     if searcher is None:
         return json.loads(folder.read_text(PLAN_FILE))["epochs"] if folder.exists(PLAN_FILE) else 0.0
     est = estimate(searcher, get_space(args.space, different_ssl_data=different_ssl_data(args)), loaded, base)
-    capacity = max(1, slots_available(args.cpus_per_trial, args.gpus_per_trial))
+    capacity = slot_capacity(args)
     slots = min(args.max_concurrent or capacity, capacity)
     log.info(describe(est, base.get("_step_seconds") or {}, slots, args.scheduler == "asha"))
     folder.write_text(PLAN_FILE, json.dumps({"epochs": est.epochs, "trials": est.trials}))
@@ -636,10 +636,25 @@ def make_tuner(args: argparse.Namespace, base: dict, loaded: dict, parent: str |
             callbacks=callbacks, failure_config=failures,
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=args.checkpoint_every, checkpoint_at_end=True,
-                num_to_keep=4 if args.scheduler == "pbt" else 1)))  # PBT exploits others' checkpoints
+                # Two: a driver killed after a trial's newest checkpoint replaced the older one but before the
+                # experiment snapshot that names the newest leaves a snapshot naming the older (Tune forces a
+                # snapshot once a trial has checkpointed num_to_keep times). PBT exploits others' checkpoints.
+                num_to_keep=4 if args.scheduler == "pbt" else 2)))
 
 
 PENDING_ENV = "TUNE_MAX_PENDING_TRIALS_PG"
+
+
+def slot_capacity(args: argparse.Namespace) -> int:
+    """Trials that the alive nodes and the nodes the autoscaler may add can run at once (at least 1)."""
+    import ray
+
+    from tuning import cluster
+    from tuning.progress import slots_available, trials_per_node
+    cpus, gpus = args.cpus_per_trial, args.gpus_per_trial
+    launchable = sum(min(t.max_workers, 1000) * trials_per_node(t.resources, cpus, gpus)
+                     for t in cluster.launchable_node_types(ray.get_runtime_context().gcs_address))
+    return max(1, slots_available(cpus, gpus) + int(launchable))
 
 
 def pending_trials(args: argparse.Namespace) -> int:
@@ -647,19 +662,9 @@ def pending_trials(args: argparse.Namespace) -> int:
 
     For a search algorithm of its own kind Tune allows one (`_get_max_pending_trials`): slots freed
     together are then filled one after another, each waiting for the trial before it to get its actor,
-    and an autoscaler is asked for one worker at a time. Here: --max-concurrent, else the trials that the
-    alive nodes and the nodes the autoscaler may add can run at once.
+    and an autoscaler is asked for one worker at a time. Here: --max-concurrent, else `slot_capacity`.
     """
-    import ray
-
-    from tuning import cluster
-    from tuning.progress import slots_available, trials_per_node
-    if args.max_concurrent:
-        return args.max_concurrent
-    cpus, gpus = args.cpus_per_trial, args.gpus_per_trial
-    launchable = sum(min(t.max_workers, 1000) * trials_per_node(t.resources, cpus, gpus)
-                     for t in cluster.launchable_node_types(ray.get_runtime_context().gcs_address))
-    return max(1, slots_available(cpus, gpus) + int(launchable))
+    return args.max_concurrent or slot_capacity(args)
 
 
 def fit(tuner, parent: str | None, mlflow_uri: str | None, pending: int = 1):
@@ -688,17 +693,16 @@ def finish(args: argparse.Namespace, results, base: dict, parent: str | None, fo
     """The comparison and Fig. 1 written to the experiment folder (whatever its scheme) and to the parent run;
     then the checkpoints nothing needs any more removed."""
     from tuning.checkpoints import prune_all_but
-    from tuning.plots import accuracy_vs_cost_figure, png
+    from tuning.plots import report_files
     df = trial_rows(results, base, history)
     table = comparison_table(df)
+    files = report_files(df, table)
     if not table.empty:
-        folder.write_text("comparison.csv", table.to_csv(index=False))
-        folder.write_text("comparison.md", format_table(table) + "\n")
-        folder.write_text("paired.csv", paired_stats(df).to_csv(index=False))
-        folder.write_bytes("accuracy_vs_cost.png", png(accuracy_vs_cost_figure(df)))
+        for name, data in files.items():
+            folder.write_bytes(name, data)
     best = best_checkpoint(results, df)
     if parent:
-        tracking.finish_parent(args.mlflow_uri, parent, df, table, best, base.get("_step_seconds"), folder=folder.uri,
+        tracking.finish_parent(args.mlflow_uri, parent, df, files, best, base.get("_step_seconds"), folder=folder.uri,
                                register_model=getattr(args, "register_model", None))
     if not args.keep_checkpoints:
         log.info("removed %d checkpoint(s) of finished trials", prune_all_but(results, best))
@@ -748,18 +752,16 @@ def run(args: argparse.Namespace, given: set[str] | None = None) -> Outcome:
 
 
 def best_checkpoint(results, df: pd.DataFrame):
-    """The final checkpoint of the chosen MixTraining configuration's best seed (on validation)."""
+    """The final checkpoint of the chosen MixTraining configuration's best seed (on validation) among this
+    search's trials (a --warm-start search's earlier trials have their checkpoints in the earlier search)."""
     best = choose_best(df)
     if best.empty:
         return None
     b = best.loc[best["mean_val"].idxmax()]
+    checkpoints = {(r.metrics or {}).get("trial_id"): r.checkpoint for r in results}
     runs = df[(df["method"] == "mixtraining") & df["completed"] & (df[CONFIG_KEYS] == b[CONFIG_KEYS]).all(axis=1)
-              & (df["fraction"] == b["fraction"]) & (df["epochs"] == b["epochs"])]
-    trial_id = runs.loc[runs["val_acc"].idxmax(), "trial_id"]
-    for r in results:
-        if (r.metrics or {}).get("trial_id") == trial_id:
-            return r.checkpoint
-    return None
+              & (df["fraction"] == b["fraction"]) & (df["epochs"] == b["epochs"]) & df["trial_id"].isin(checkpoints)]
+    return None if runs.empty else checkpoints[runs.loc[runs["val_acc"].idxmax(), "trial_id"]]
 
 
 # --- the command line ---------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class ExperimentSearcher(Searcher):
             self.remaining = {f: 0 for f in self.fractions}
         else:
             self.remaining = {f: num_samples for f in self.fractions}
-        self.groups: dict[str, dict[str, Any]] = {}  # inner trial id -> fraction and seed results
+        self.groups: dict[str, dict[str, Any]] = {}  # inner trial id -> fraction and key, until told
         self.trial_group: dict[str, tuple[str, int]] = {}  # trial id -> (group, seed)
         self.live: set[str] = set()  # trials suggested and not ended
         self.completion_queued = False
@@ -179,7 +179,7 @@ class ExperimentSearcher(Searcher):
                 continue
             self.remaining[f] -= 1
             # The group is known to the inner searcher by this trial id, whichever trial runs seed 0.
-            self.groups[trial_id] = {"fraction": f, "results": [], "key": self._key(point)}
+            self.groups[trial_id] = {"fraction": f, "key": self._key(point)}
             self._queue_group(trial_id, point, f, first_seed=0)
             return self._pop_ready(trial_id)  # None while its SSL prefix is being computed
         return None
@@ -224,14 +224,18 @@ class ExperimentSearcher(Searcher):
         self.queue = [c for c in self.queue if c["method"] == "mixtraining"
                       or (c["method"], c["e_sl"], c["fraction"], c["seed"]) not in ran]
         for (fraction, group), runs in done[done["method"] == "mixtraining"].groupby(["fraction", "group"]):
-            first = runs.iloc[0]
+            # The search proper's runs, as this searcher records its own; a completion run of the earlier
+            # search only marks its seed as finished.
+            proper, completions = runs[~runs["completion"]], runs[runs["completion"] & runs["completed"]]
+            first = proper.iloc[0]
             point = {k: first[k] for k in CONFIG_KEYS} | {"e_ssl": int(first["e_ssl"]), "e_sl": int(first["epochs"])}
             cfg = {"method": "mixtraining", **point, "fraction": fraction, "seed": 0, GROUP: group}
             self.configs[group] = cfg
-            self.outcomes[group] = {int(r.seed): {"val_acc": r.val_acc, "completed": bool(r.completed)}
-                                    for r in runs.itertuples()}
+            self.outcomes[group] = {int(r.seed): {"val_acc": r.val_acc, "completed": bool(r.completed),
+                                                  "finished": bool(r.completed) or r.seed in set(completions["seed"])}
+                                    for r in proper.itertuples()}
             key = config_key(point)
-            self.known.setdefault(fraction, {})[key] = {self.metric: float(runs["val_acc"].mean())}
+            self.known.setdefault(fraction, {})[key] = {self.metric: float(proper["val_acc"].mean())}
         # A grid queues every configuration up front: those the earlier search finished are not run again.
         self.queue = [c for c in self.queue if c["method"] != "mixtraining"
                       or config_key(c) not in self.known.get(c["fraction"], {})]
@@ -243,7 +247,8 @@ class ExperimentSearcher(Searcher):
         from tuning.summary import CONFIG_KEYS, choose_best
         rows = [{"group": g, "method": "mixtraining", "completion": False, "fraction": cfg["fraction"],
                  "epochs": cfg["e_sl"], **{k: cfg.get(k, getattr(MixConfig, k)) for k in CONFIG_KEYS}, "seed": seed,
-                 "val_acc": (r or {}).get("val_acc"), "completed": bool(r and r.get("completed")), "failed": r is None}
+                 "val_acc": (r or {}).get("val_acc"), "completed": bool(r and r.get("completed")), "failed": r is None,
+                 "finished": bool(r and r.get("finished", r.get("completed")))}
                 for g, cfg in self.configs.items() for seed, r in self.outcomes.get(g, {}).items()]
         if not rows:
             return []
@@ -252,7 +257,7 @@ class ExperimentSearcher(Searcher):
         for best in choose_best(df).to_dict("records"):
             same = df[(df[["fraction", "epochs", *CONFIG_KEYS]] == pd.Series(best)[["fraction", "epochs",
                                                                                     *CONFIG_KEYS]]).all(axis=1)]
-            finished = set(same[same["completed"] | same["failed"]]["seed"])
+            finished = set(same[same["finished"] | same["failed"]]["seed"])
             for seed in sorted(set(same["seed"]) - finished):  # stopped, never completed
                 group = same[same["seed"] == seed]["group"].iloc[0]
                 out.append({**self.configs[group], "seed": seed, COMPLETION: True})
@@ -274,16 +279,17 @@ class ExperimentSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._left_ssl(trial_id)
         self.live.discard(trial_id)
-        group_id, seed = self.trial_group.pop(trial_id, (None, None))
-        if group_id is not None and trial_id not in self.completing:
-            self.outcomes.setdefault(group_id, {})[seed] = None if error or not result else result
+        # A failed trial keeps its group: `--resume` retries it under the same id, and its result then
+        # replaces the failure.
+        group_id, seed = (self.trial_group.get if error else self.trial_group.pop)(trial_id, (None, None))
+        if group_id is None or trial_id in self.completing:
+            return
+        outcomes = self.outcomes.setdefault(group_id, {})
+        outcomes[seed] = None if error or not result else result
         group = self.groups.get(group_id)
-        if group is None:  # a baseline or a grid point: nothing to learn
+        if group is None or len(outcomes) < self.seeds:  # a baseline, a grid point, or seeds still running
             return
-        group["results"].append(None if error or not result else result)
-        if len(group["results"]) < self.seeds:
-            return
-        ok = [r for r in group["results"] if r is not None]
+        ok = [r for r in outcomes.values() if r is not None]
         inner = self.inner[group["fraction"]]
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         told = None if not ok or any(m not in r for r in ok for m in metrics) else \

@@ -211,9 +211,9 @@ def format_paired(paired: pd.DataFrame) -> str:
     """One line per comparison: mean difference in points, its 95% interval, marked when it excludes zero."""
     if paired.empty:
         return "(no MixTraining run shares seeds with a baseline: no paired comparison)"
-    lines = []
+    lines, keys = [], varying_keys(paired)
     for r in paired.to_dict("records"):
-        where = ", ".join(f"{k} {_fmt(r[k])}" for k in ("fraction", "epochs"))
+        where = ", ".join(f"{k} {_fmt(r[k])}" for k in keys)
         head = f"MixTraining - {METHOD_NAMES[r['versus']]} ({where}): {100 * r['mean_diff']:+.2f} points"
         if r["n"] < 2:
             lines.append(f"{head}, n={r['n']}: one seed, no interval exists")

@@ -68,10 +68,19 @@ def client(uri: str):
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def experiment_id(c, name: str) -> str:
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment of a local sqlite store keeps its artifacts: `mlruns/` next to the database, as
+    an absolute path (MLflow's default, `./mlruns`, lands in whatever folder each logging process runs
+    in); for a server, its own choice (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return str(Path(os.path.abspath(uri[len("sqlite:///"):])).parent / "mlruns")
+
+
+def experiment_id(c, name: str, uri: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is None:
-        return c.create_experiment(name, tags=EXPERIMENT_KIND)
+        return c.create_experiment(name, artifact_location=artifact_location(uri), tags=EXPERIMENT_KIND)
     for key, value in EXPERIMENT_KIND.items():
         if exp.tags.get(key) != value:
             c.set_experiment_tag(exp.experiment_id, key, value)
@@ -101,7 +110,7 @@ def start_parent(uri: str, experiment: str, name: str, params: dict[str, Any]) -
     tags = {"mixtune.search": name}
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
-    run = c.create_run(experiment_id(c, experiment), run_name=name, tags=tags)
+    run = c.create_run(experiment_id(c, experiment, uri), run_name=name, tags=tags)
     from mlflow.entities import Param
     c.log_batch(run.info.run_id, params=[Param(k, _param_str(v)) for k, v in sorted(params.items())])
     return run.info.run_id
@@ -402,7 +411,7 @@ class Outbox:
         if tid in self.runs:
             return
         if call["experiment"] not in self._experiments:
-            self._experiments[call["experiment"]] = experiment_id(c, call["experiment"])
+            self._experiments[call["experiment"]] = experiment_id(c, call["experiment"], self.uri)
         exp = self._experiments[call["experiment"]]
         found = c.search_runs([exp], filter_string=(
             f"tags.trial_id = '{tid}' and tags.`mlflow.parentRunId` = '{tags['mlflow.parentRunId']}'"))
@@ -520,9 +529,9 @@ def reconstruction_png(trial) -> str | None:
                                       title=f"{trial.config['method']} {trial.trial_id}"))
 
 
-def finish_parent(uri: str, parent: str, df, table, best_checkpoint, step_seconds=None,
+def finish_parent(uri: str, parent: str, df, files: dict[str, bytes], best_checkpoint, step_seconds=None,
                   folder: str | None = None, register_model: str | None = None) -> None:
-    """The parent's artifacts: the comparison table and paired statistics, Fig. 1, the best model; queued
+    """The parent's artifacts: the search's report files (`tuning.plots.report_files`), the best model; queued
     behind its trials' calls, then all delivered within FLUSH_TIMEOUT_S, or left in PENDING_FILE.
     folder: the experiment folder, when no callback of this process tracked the search."""
     box = _OUTBOXES.pop(parent, None) or Outbox(uri)
@@ -536,10 +545,11 @@ def finish_parent(uri: str, parent: str, df, table, best_checkpoint, step_second
     if metrics:
         ts = int(time.time() * 1000)
         box.put("log_metrics", run=parent, metrics=[[k, v, ts, 0] for k, v in metrics.items()])
-    for file, text in parent_texts(df, table).items():
-        box.put("log_text", run=parent, text=text, file=file)
-    for file, png in parent_figures(df, table).items():
-        box.put("log_png", run=parent, file=file, png=png)
+    for file, data in files.items():
+        if file.endswith(".png"):
+            box.put("log_png", run=parent, file=file, png=base64.b64encode(data).decode())
+        else:
+            box.put("log_text", run=parent, text=data.decode(), file=file)
     if best_checkpoint is not None:
         box.put("log_best_model", run=parent, checkpoint=_uri(best_checkpoint.filesystem, best_checkpoint.path),
                 register=register_model, uri=uri)
@@ -547,35 +557,7 @@ def finish_parent(uri: str, parent: str, df, table, best_checkpoint, step_second
     box.finish(FLUSH_TIMEOUT_S)
 
 
-def parent_texts(df, table) -> dict[str, str]:
-    """The parent's text artifacts by file name: the comparison (CSV, Markdown), the paired statistics, the
-    parameter studies (accuracy per alpha and per rho) and the hyperparameter importances."""
-    from tuning.summary import format_paired, format_table, paired_stats, param_importances, parameter_study
-    if table.empty:
-        return {}
-    paired = paired_stats(df)
-    return {"comparison.csv": table.to_csv(index=False), "paired.csv": paired.to_csv(index=False),
-            "comparison.md": format_table(table) + "\n\n" + format_paired(paired) + "\n",
-            **{f"parameter_study/{p}.csv": parameter_study(df, p).to_csv(index=False) for p in ("alpha", "rho")},
-            "parameter_study/importances.json": json.dumps(param_importances(df), indent=1)}
-
-
-def parent_figures(df, table) -> dict[str, str]:
-    """The parent's figures as base64 PNG: Fig. 1, accuracy against alpha, rho and the epoch budget, and the
-    hyperparameter importances (the paper's Tables 4-6 as plots)."""
-    from tuning.plots import (accuracy_vs_cost_figure, budget_figure, importance_figure,
-                              parameter_study_figure)
-    from tuning.summary import param_importances, parameter_study
-    figures = {"accuracy_vs_cost.png": accuracy_vs_cost_figure(df)}
-    if not table.empty:
-        figures.update({f"parameter_study/{p}.png": parameter_study_figure(parameter_study(df, p), p)
-                        for p in ("alpha", "rho")})
-        figures["parameter_study/epochs.png"] = budget_figure(table)
-        figures["parameter_study/importances.png"] = importance_figure(param_importances(df))
-    return {file: _png(fig) for file, fig in figures.items()}
-
-
-def log_best_model(c, parent: str, checkpoint, register: str | None = None, uri: str | None = None) -> None:
+def log_best_model(c, parent: str, checkpoint, register: str | None, uri: str) -> None:
     """The best trial's checkpoint and config as artifacts, and its classifier as an MLflow model (loadable with
     `mlflow.pytorch.load_model`, registered as `register` when given). Once per parent, however often delivered."""
     import torch
@@ -586,10 +568,9 @@ def log_best_model(c, parent: str, checkpoint, register: str | None = None, uri:
         c.log_artifact(parent, weights, "best_model")
         state = torch.load(weights, weights_only=True, map_location="cpu")
         c.log_dict(parent, state["config"], "best_model/config.json")
-    if c.get_run(parent).data.tags.get("mixtune.best_model") and uri is not None:
+    if c.get_run(parent).data.tags.get("mixtune.best_model"):
         return  # logged (and registered) by an earlier delivery of this call
-    if uri is not None:
-        log_classifier(c, parent, state, register, uri)
+    log_classifier(c, parent, state, register, uri)
 
 
 def log_classifier(c, parent: str, state: dict, register: str | None, uri: str) -> None:
