@@ -4,11 +4,13 @@ session, and processes ended by pid whatever a test's outcome.
 Tests that need Ray or an MLflow server are marked `slow` here, so `pytest -m "not slow"` is the quick loop.
 """
 import os
+import tempfile
 
 import pytest
 import torch
 
 from tests_helpers import NO_GPU, MlflowServer, Processes
+from trainable import faults
 from trainable.config import MixConfig, resolve
 from trainable.engine import load_training_data
 
@@ -54,6 +56,8 @@ def ray_cluster():
     """
     import ray
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Where a test's fault file goes (trainable/faults.py): set before Ray starts, so its workers inherit it.
+    os.environ.setdefault(faults.ENV, os.path.join(tempfile.gettempdir(), f"mixtune-fault-{os.getpid()}.json"))
     saved = os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ.update(NO_GPU)
     try:

@@ -122,25 +122,23 @@ def test_decide__fits_now_wait_for_the_autoscaler_wait_for_manual_nodes_or_impos
 
 
 def test_no_node_message__names_the_node_types_and_offers_gpus_per_trial_0_only_without_gpus():
-    msg = search.no_node_message(1, 2, [HEAD], TYPES)
+    msg = cluster.no_node_message(1, 2, [HEAD], TYPES)
     assert msg == ("no node can run a trial needing 1 CPU and 2 GPU (nodes have: 0 CPU, 0 GPU; the autoscaler can "
                    "add: gpu_worker node (4 CPU, 1 GPU), cpu_worker node (8 CPU, 0 GPU)). "
                    "Lower --cpus-per-trial / --gpus-per-trial")
-    assert search.no_node_message(1, 1, [HEAD], [], waited_s=5).endswith(
+    assert cluster.no_node_message(1, 1, [HEAD], [], waited_s=5).endswith(
         "(nodes have: 0 CPU, 0 GPU) and none that can joined within --wait-for-nodes 5 s. Lower --cpus-per-trial / "
         "--gpus-per-trial (no GPU here: use --gpus-per-trial 0)")
 
 
 def test_wait_for_nodes__returns_when_a_node_that_can_hold_a_trial_joins_and_fails_when_none_does(monkeypatch):
     polls = iter([[HEAD], [HEAD, {"CPU": 0.5}], [HEAD, {"CPU": 2.0}]])
-    monkeypatch.setattr(search, "alive_resources", lambda: next(polls))
-    search.wait_for_nodes(1, 0, 60, "10.0.0.5:6379", [], poll_s=0.01)
+    monkeypatch.setattr(cluster, "alive_resources", lambda: next(polls))
+    cluster.wait_for_nodes(1, 0, 60, "10.0.0.5:6379", [], poll_s=0.01)
     assert next(polls, "all polled") == "all polled"
-    monkeypatch.setattr(search, "alive_resources", lambda: [HEAD])
-    start = time.monotonic()
-    with pytest.raises(search.UsageError, match="none that can joined within --wait-for-nodes 0.2 s"):
-        search.wait_for_nodes(1, 0, 0.2, "10.0.0.5:6379", [], poll_s=0.05)
-    assert time.monotonic() - start < 2
+    monkeypatch.setattr(cluster, "alive_resources", lambda: [HEAD])
+    with pytest.raises(cluster.NoNode, match="none that can joined within --wait-for-nodes 0.2 s"):
+        cluster.wait_for_nodes(1, 0, 0.2, "10.0.0.5:6379", [], poll_s=0.05)
 
 
 MONITOR = [sys.executable, "-u", "/venv/lib/python3.11/site-packages/ray/autoscaler/_private/monitor.py",

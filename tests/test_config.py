@@ -4,8 +4,12 @@ import math
 
 import pytest
 
+from conftest import small_config
+from trainable import config
 from trainable.config import (DATA, ROLES, RUNTIME, SSL, TRAIN, ConfigError, MixConfig, _field, field_roles,
                               fields_with, optim_settings, plan, resolve, trajectory_fields)
+from trainable.engine import Engine
+from trainable.prefix_store import prefix_key
 from trainable.schedule import PhasePlan
 
 
@@ -97,12 +101,32 @@ def test_field_roles__the_derived_sets():
                                       "device"}
 
 
-def test_resolve__derived_values_made_once():
-    run = resolve(MixConfig(datasets=("digits",), method="sl", e_ssl=10, e_sl=8, device="cpu"))
-    assert run.plan == PhasePlan(0, 0, 8) and run.model == "tiny" and run.model_cfg.img_size == 16
-    assert run.sl_optim == optim_settings(run.cfg, "sl") and not (run.amp or run.compile or run.fused_adamw)
+def _count_calls(monkeypatch, module, names):
+    """Replace each function `names` of `module` by a wrapper that counts its calls; the counts by name."""
+    counts = dict.fromkeys(names, 0)
+    for name in names:
+        def counted(*args, _name=name, _inner=getattr(module, name), **kwargs):
+            counts[_name] += 1
+            return _inner(*args, **kwargs)
+        monkeypatch.setattr(module, name, counted)
+    return counts
+
+
+def test_resolve__derived_values_made_once(monkeypatch, digits_data):
+    counts = _count_calls(monkeypatch, config, ["method_plan", "optim_settings", "model_name", "resolve_device"])
+    run = resolve(small_config(method="sl", e_ssl=10, e_sl=2, model="auto"))
+    made = {"method_plan": 1, "optim_settings": 2, "model_name": 1, "resolve_device": 1}  # 2: one per optimiser
+    assert counts == made
+    assert run.plan == PhasePlan(0, 0, 2) and run.model == "tiny" and run.model_cfg.img_size == 16
+    assert run.sl_optim.total_epochs == 2 and not (run.amp or run.compile or run.fused_adamw)
     assert run.values(SSL)["e_ssl"] == 0  # the SL baseline trains no SSL epoch, whatever e_ssl says
     assert run.values(DATA)["model"] == "tiny" and run.values(DATA)["device"] == "cpu"
+    # Those who read the derived values (the engine, an epoch, the prefix key) never derive them again.
+    engine = Engine(run, data=digits_data)
+    engine.run_epoch()
+    prefix_key(run, "cpu")
+    assert counts == made
+    assert run.sl_optim == optim_settings(run.cfg, "sl")  # the same values as derived from scratch
 
 
 def test_resolve__cuda_asked_for_without_cuda_names_the_device_field(monkeypatch):

@@ -1,33 +1,19 @@
-"""trainable.engine: the step functions and the epoch loop, on the `test` model and bundled digits."""
+"""trainable.engine: the epoch loop, on the `test` model and bundled digits."""
 import io
+import os
 
 import pytest
 import torch
 
 from conftest import small_config
+from test_steps import count_encoder_calls
 from trainable.config import optim_settings
+from trainable.cost import step_flops
 from trainable.data import generator
-from trainable.engine import Engine, NonFiniteLossError, mix_step, separate_mix_step, sl_step, ssl_step
-from trainable.losses import mae_loss, sl_loss
-from trainable.models import MODEL_CONFIGS, MixViT, select_tokens
+from trainable.engine import Engine, NonFiniteLossError
 from trainable.schedule import lr_at
 
 TIMING_KEYS = {"epoch_time_s", "train_time_s", "images_per_s"}
-
-
-def _model_and_batch(tasks=1, b=8):
-    torch.manual_seed(0)
-    model = MixViT(MODEL_CONFIGS["test"], [10] * tasks)
-    x = torch.randn(b * tasks, 3, 16, 16)
-    ys = [torch.randint(0, 10, (b,)) for _ in range(tasks)]
-    return model, x, ys
-
-
-def _count_encoder_calls(model):
-    calls = []
-    inner = model.forward_encoder
-    model.forward_encoder = lambda *a, **k: calls.append(a) or inner(*a, **k)
-    return calls
 
 
 def _strip_timing(metrics):
@@ -39,69 +25,6 @@ def _run(engine, epochs=None):
     while not engine.done and (epochs is None or len(out) < epochs):
         out.append(engine.run_epoch())
     return out
-
-
-# --- step functions -----------------------------------------------------------------------------
-
-def test_mix_step__one_encoder_pass_and_loss_is_alpha_weighted_sum_of_its_parts():
-    model, x, ys = _model_and_batch()
-    calls = _count_encoder_calls(model)
-    loss, parts = mix_step(model, x, ys, 0.3, 0.75, generator(7))
-    assert len(calls) == 1
-    assert len(calls[0]) == 1, "the merged step encodes all tokens (no ids_keep)"
-    assert loss.item() == pytest.approx(0.3 * parts["loss_ssl"].item() + 0.7 * parts["loss_sl"].item(), rel=1e-6)
-    # The parts are the real losses: recompute them from the same encoder output and mask.
-    tokens = model.encoder.forward_features(x)
-    assert parts["loss_sl"].item() == pytest.approx(sl_loss(model.forward_heads(tokens), ys).item(), rel=1e-5)
-    ids_keep, mask, ids_restore = model.random_masking(8, 16, 0.75, generator(7), x.device)
-    pred = model.forward_decoder(select_tokens(tokens, ids_keep), ids_restore)
-    assert parts["loss_ssl"].item() == pytest.approx(mae_loss(pred, model.patchify(x), mask).item(), rel=1e-5)
-
-
-def test_separate_mix_step__two_encoder_passes_with_the_same_weighting():
-    model, x, ys = _model_and_batch()
-    calls = _count_encoder_calls(model)
-    loss, parts = separate_mix_step(model, x, ys, 0.5, 0.75, generator(0))
-    assert len(calls) == 2
-    assert loss.item() == pytest.approx(0.5 * parts["loss_ssl"].item() + 0.5 * parts["loss_sl"].item(), rel=1e-6)
-
-
-def test_ssl_step__encoder_sees_a_quarter_of_the_patch_tokens():
-    model, x, _ = _model_and_batch()
-    seen = []
-    model.encoder.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
-    ssl_step(model, x, 0.75, generator(0))
-    assert seen == [torch.Size([8, 1 + 16 // 4, 32])]  # class token + 25% of 16 patches
-
-
-def _params_with_grad(model):
-    return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-
-
-def test_steps__gradients_reach_exactly_the_parameters_of_their_phase():
-    model, x, ys = _model_and_batch()
-    names = {n for n, _ in model.named_parameters()}
-    encoder = {n for n in names if n.startswith("encoder.")}
-    decoder = {n for n in names if n.startswith(("decoder_", "mask_token"))}
-    heads = {n for n in names if n.startswith("heads.")}
-    assert encoder | decoder | heads == names
-
-    ssl_step(model, x, 0.75, generator(0))[0].backward()
-    assert _params_with_grad(model) == encoder | decoder
-    model.zero_grad(set_to_none=True)
-    sl_step(model, x, ys)[0].backward()
-    assert _params_with_grad(model) == encoder | heads
-    model.zero_grad(set_to_none=True)
-    mix_step(model, x, ys, 0.5, 0.75, generator(0))[0].backward()
-    assert _params_with_grad(model) == names
-
-
-def test_multi_task_step__each_head_sees_only_its_own_rows():
-    model, x, ys = _model_and_batch(tasks=2, b=4)
-    logits = model.forward_heads(model.forward_encoder(x), [4, 4])
-    assert [tuple(z.shape) for z in logits] == [(4, 10), (4, 10)]
-    sl_step(model, x, ys)[0].backward()
-    assert model.heads[0].weight.grad.abs().sum() > 0 and model.heads[1].weight.grad.abs().sum() > 0
 
 
 # --- the engine -----------------------------------------------------------------------------------
@@ -139,23 +62,87 @@ def test_engine__same_seed_same_metrics_and_another_seed_differs(digits_data):
     assert a[0]["loss_ssl"] != c[0]["loss_ssl"]
 
 
-@pytest.mark.parametrize("stop_after", [1, 3])  # inside the SSL phase; after the mix phase (optimiser carried over)
-def test_engine__save_load_continue_gives_exactly_the_uninterrupted_run(digits_data, stop_after):
-    cfg = small_config(e_ssl=3, e_sl=3, rho=0.34)  # plan: 2 SSL, 1 mix, 2 SL
-    full_engine = Engine(cfg, data=digits_data)
+def _assert_resumes_exactly(cfg, data, stop_after):
+    """Saving after `stop_after` epochs, loading into a fresh engine and training on gives the uninterrupted run,
+    bit for bit (metrics and weights)."""
+    full_engine = Engine(cfg, data=data)
     full = _strip_timing(_run(full_engine))
-
-    first = Engine(cfg, data=digits_data)
+    first = Engine(cfg, data=data)
     _run(first, stop_after)
     buf = io.BytesIO()
     torch.save(first.state_dict(), buf)
     buf.seek(0)
-    resumed = Engine(cfg, data=digits_data)
+    resumed = Engine(cfg, data=data)
     resumed.load_state_dict(torch.load(buf, weights_only=True))
     rest = _strip_timing(_run(resumed))
     assert rest == full[stop_after:]
     for k, v in full_engine.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])  # inside the SSL phase; after the mix phase (optimiser carried over)
+def test_engine__save_load_continue_gives_exactly_the_uninterrupted_run(digits_data, stop_after):
+    _assert_resumes_exactly(small_config(e_ssl=3, e_sl=3, rho=0.34), digits_data, stop_after)  # 2 SSL, 1 mix, 2 SL
+
+
+@pytest.mark.slow  # torch.compile takes minutes on a CPU
+def test_engine__bf16_autocast_and_compile_the_cuda_defaults_train_and_resume_exactly_on_the_cpu(digits_data,
+                                                                                                   monkeypatch):
+    _forbid_cuda(monkeypatch)  # and still nothing of CUDA runs
+    cfg = small_config(amp="on", compile="on")  # plan: 1 SSL, 1 mix, 1 SL
+    run = Engine(cfg, data=digits_data).run
+    assert run.amp and run.compile
+    _assert_resumes_exactly(cfg, digits_data, stop_after=1)
+
+
+def test_engine__compute_is_counted_at_the_configs_mask_ratio(digits_data):
+    engine = Engine(small_config(mask_ratio=0.5), data=digits_data)
+    m = engine.run_epoch()  # an SSL-only epoch
+    per_image = step_flops(engine.model_cfg, (10,), "ssl", "merged", 0.5)
+    assert m["compute_tflop"] == pytest.approx(m["images_ssl"] * per_image / 1e12, rel=1e-12)
+    assert per_image != step_flops(engine.model_cfg, (10,), "ssl", "merged", 0.75)
+
+
+# Read-only queries and the seeding every torch.manual_seed does (queued until CUDA starts, which never happens
+# here): anything else in torch.cuda touches a device. _lazy_init is where every CUDA tensor or kernel starts it.
+CUDA_ALLOWED = {"is_available", "is_initialized", "device_count", "manual_seed", "manual_seed_all", "seed", "seed_all"}
+
+
+def _forbid_cuda(monkeypatch):
+    def refuse(name):
+        def call(*args, **kwargs):
+            raise AssertionError(f"torch.cuda.{name} called with the device on the CPU")
+        return call
+
+    for name in dir(torch.cuda):
+        obj = getattr(torch.cuda, name)
+        public_function = callable(obj) and not isinstance(obj, type) and not name.startswith("_")
+        if (public_function and name not in CUDA_ALLOWED) or name == "_lazy_init":
+            monkeypatch.setattr(torch.cuda, name, refuse(name))
+
+
+def _process_numerics():
+    return (torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            torch.get_float32_matmul_precision(), torch.backends.cudnn.benchmark)
+
+
+def test_engine__nothing_calls_cuda_when_the_device_is_the_cpu(digits_data, monkeypatch):
+    before = _process_numerics()
+    _forbid_cuda(monkeypatch)
+    cfg = small_config(deterministic=True)  # plan: 1 SSL, 1 mix, 1 SL
+    engine = Engine(cfg, data=digits_data)
+    _run(engine)
+    engine.evaluate("test"), engine.reconstruct(2)
+    Engine(cfg, data=digits_data).load_state_dict(engine.state_dict())
+    assert _process_numerics() == before  # the CUDA settings (deterministic kernels, TF32) stay off the CPU
+
+
+def test_engine__deterministic_on_the_cpu_gives_the_same_run(digits_data):
+    cfg = small_config(e_ssl=1, e_sl=1, rho=1.0)  # one mix epoch
+    plain, deterministic = Engine(cfg, data=digits_data), Engine(cfg.replace(deterministic=True), data=digits_data)
+    assert _strip_timing(_run(plain)) == _strip_timing(_run(deterministic))
+    for k, v in plain.model.state_dict().items():
+        assert torch.equal(v, deterministic.model.state_dict()[k]), k
 
 
 def test_engine__load_state_dict_rejects_another_config(digits_data):
@@ -266,7 +253,7 @@ def test_engine__mix_optim_ssl_continues_the_ssl_optimiser_and_schedule_through_
 def test_engine__separate_mix_step_encodes_twice_per_mix_batch_and_trains_differently(digits_data):
     cfg = small_config(e_ssl=1, e_sl=1, rho=1.0)  # plan: one mix epoch
     merged, separate = Engine(cfg, data=digits_data), Engine(cfg.replace(mix_step="separate"), data=digits_data)
-    calls = _count_encoder_calls(separate.model)
+    calls = count_encoder_calls(separate.model)
     m_sep, m_mer = separate.run_epoch(), merged.run_epoch()
     steps = len(digits_data.sl_batches(cfg.batch_size, generator(0)))
     assert len(calls) == 2 * steps

@@ -10,10 +10,10 @@ from tuning import report, search
 NAN, INF = str(math.nan), str(math.inf)
 
 SEARCH_BAD = [  # (flag, bad values, what the message says)
-    ("--num-samples", ["0", "-3", "2.5", NAN], "must be at least 1"),
-    ("--seeds", ["0", "x"], "must be at least 1"),
+    ("--num-samples", ["0", "-3", "2.5", NAN, "100001"], "must be in [1, 100000]"),
+    ("--seeds", ["0", "x", "1001"], "must be in [1, 1000]"),
     ("--fraction", ["0", "1.5", "-0.1", NAN, INF], "must be in (0, 1]"),
-    ("--epoch-scale", ["0", "-1", NAN, INF], "must be positive"),
+    ("--epoch-scale", ["0", "-1", NAN, INF, "1e307", "100.5"], "must be in (0, 100]"),
     ("--grace-period", ["0"], "must be at least 1"),
     ("--search-seed", ["-1"], "must be at least 0"),
     ("--prefix-store-gb", ["0", "-1", NAN, INF], "must be positive"),
@@ -95,3 +95,30 @@ def test_flags__a_path_that_is_a_file_is_refused_where_a_folder_is_expected(tmp_
     assert _exit(train.main, ["--data-dir", str(f)]) == 2
     assert _exit(report.main, ["--out", str(f)]) == 2
     assert capsys.readouterr().err.count("must be a folder path") == 3
+
+
+# --- roles: what --resume may change and what --warm-start must match, derived from each flag's declaration ---
+
+from tuning import flags  # noqa: E402
+
+
+def test_roles__every_search_flag_has_one_and_resume_and_warm_start_sets_follow_from_them():
+    roles = flags.roles(search.build_parser())
+    assert set(roles.values()) <= set(flags.ROLES) and "space" in roles and "mlflow_uri" in roles
+    # runtime config fields are resumable (device was missing from the hand-kept list); the tracking switch too
+    assert {"device", "data_dir", "download", "storage_path", "mlflow_uri", "no_mlflow", "max_failures"} \
+        <= set(flags.RESUMABLE)
+    assert {"dataset", "model", "epoch_scale", "seeds", "space", "batch_size", "amp"} <= set(flags.WARM_START)
+    assert not set(flags.RESUMABLE) & set(flags.WARM_START)
+    assert "num_samples" not in flags.RESUMABLE and "num_samples" not in flags.WARM_START  # SEARCH
+
+
+def test_roles__a_flag_declared_without_one_fails_when_the_parser_is_built(monkeypatch):
+    real = flags._tracking_args
+
+    def with_a_new_flag(g):
+        real(g)
+        g.add_argument("--new-knob", type=int, default=3)  # no role
+    monkeypatch.setattr(flags, "_tracking_args", with_a_new_flag)
+    with pytest.raises(TypeError, match="flag --new-knob has no role"):
+        flags.build_parser()

@@ -6,11 +6,13 @@ import time
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from concurrency_workers import load_loop, save_evict_loop, state, write_loop
 from conftest import small_config
 from trainable import storage
-from trainable.config import resolve
+from trainable.config import SSL, field_names, fields_with, resolve
 from trainable.prefix_store import PrefixStore, decode, encode, prefix_key
 
 
@@ -24,6 +26,51 @@ def test_prefix_key__differs_exactly_when_the_ssl_phase_can_differ():
     assert all(prefix_key(resolve(c), "cpu") == k for c in same)
     assert all(prefix_key(resolve(c), "cpu") != k for c in other)
     assert prefix_key(resolve(base), "cuda") != k
+
+
+# Valid values for every config field, by whether the SSL-only phase depends on it. A new field fails
+# test_prefix_key__every_field_has_values_to_try until it is added here.
+_UNIT = st.floats(0, 1)
+_MAYBE_LR = st.none() | st.floats(0, 1)
+NOT_SSL_VALUES = {  # TRAIN and RUNTIME fields
+    "method": st.sampled_from(["ssl_sl", "mixtraining"]),  # not "sl": it trains no SSL phase to share
+    "data_dir": st.sampled_from(["data", "./data", "elsewhere"]), "download": st.booleans(),
+    "device": st.sampled_from(["cpu", "auto"]),  # the key takes the device kind apart (prefix_key's argument)
+    "e_sl": st.integers(1, 50), "alpha": _UNIT, "rho": _UNIT, "lam": _UNIT,
+    "mix_step": st.sampled_from(["merged", "separate"]), "mix_optim": st.sampled_from(["sl", "ssl"]),
+    "sl_lr": _MAYBE_LR, "sl_beta2": st.none() | st.floats(0, 0.999), "sl_weight_decay": _MAYBE_LR, "sl_warmup": _UNIT,
+}
+SSL_VALUES = {
+    "datasets": st.sampled_from([("mnist",), ("digits", "mnist")]), "ssl_dataset": st.sampled_from(["mnist"]),
+    "fraction": st.floats(0.01, 0.99), "val_frac": st.floats(0, 0.5), "model": st.sampled_from(["auto", "tiny"]),
+    "e_ssl": st.integers(5, 50), "mask_ratio": st.floats(0.05, 0.95), "batch_size": st.integers(1, 127),
+    "ssl_lr": st.floats(0, 1), "ssl_beta2": st.floats(0, 0.999), "ssl_weight_decay": st.floats(0, 1),
+    "ssl_warmup": st.floats(0, 0.19), "seed": st.integers(1, 2**31), "amp": st.sampled_from(["on", "off"]),
+    "compile": st.sampled_from(["on", "off"]), "fused_adamw": st.sampled_from(["on", "off"]),
+    "sdpa": st.just("off"), "deterministic": st.just(True),
+}
+BASE = small_config(e_ssl=4, e_sl=4)
+PROPERTY = settings(max_examples=60, deadline=None)
+
+
+def test_prefix_key__every_field_has_values_to_try():
+    assert set(SSL_VALUES) == set(fields_with(SSL))
+    assert set(NOT_SSL_VALUES) == set(field_names()) - set(fields_with(SSL))
+
+
+@PROPERTY
+@given(changes=st.fixed_dictionaries({}, optional=NOT_SSL_VALUES))
+def test_prefix_key__equal_for_configs_that_differ_only_in_train_and_runtime_fields(changes):
+    assert prefix_key(resolve(BASE.replace(**changes)), "cpu") == prefix_key(resolve(BASE), "cpu")
+
+
+@PROPERTY
+@given(field=st.sampled_from(sorted(SSL_VALUES)), data=st.data(),
+       others=st.fixed_dictionaries({}, optional=NOT_SSL_VALUES))
+def test_prefix_key__differs_when_an_ssl_field_differs(field, data, others):
+    value = data.draw(SSL_VALUES[field].filter(lambda v: v != getattr(BASE, field)))
+    changed = BASE.replace(**others, **{field: value})
+    assert prefix_key(resolve(changed), "cpu") != prefix_key(resolve(BASE.replace(**others)), "cpu")
 
 
 @pytest.mark.slow
@@ -47,24 +94,36 @@ def test_write_durably__concurrent_writers_and_a_reader_only_ever_see_whole_file
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
 
+def _load_checked(store):
+    """The longest prefix of "k" (None when there is none), after checking its contents match its epoch."""
+    s = store.load_longest("k", 10_000, torch.device("cpu"))
+    assert s is None or torch.equal(s["w"], state(s["epoch"])["w"]), "a prefix loaded with the wrong contents"
+    return s
+
+
 @pytest.mark.slow
 def test_prefix_store__concurrent_save_evict_and_load_never_fail(tmp_path):
     ctx = mp.get_context("spawn")
     failures = ctx.Queue()
-    procs = [ctx.Process(target=save_evict_loop, args=(str(tmp_path), 40)),
-             ctx.Process(target=save_evict_loop, args=(str(tmp_path), 40)),
-             ctx.Process(target=load_loop, args=(str(tmp_path), 200, failures)),
-             ctx.Process(target=load_loop, args=(str(tmp_path), 200, failures))]
-    for p in procs:
+    savers = [ctx.Process(target=save_evict_loop, args=(str(tmp_path), 40)) for _ in range(2)]
+    loaders = [ctx.Process(target=load_loop, args=(str(tmp_path), 200, failures)) for _ in range(2)]
+    for p in savers + loaders:
         p.start()
-    for p in procs:
+    store, loaded = PrefixStore(str(tmp_path)), set()
+    while any(p.is_alive() for p in savers):  # this process loads too, for as long as the savers run
+        s = _load_checked(store)
+        if s is not None:
+            loaded.add(s["epoch"])
+    for p in savers + loaders:
         p.join(timeout=240)
         assert p.exitcode == 0
     errors = []
     while not failures.empty():
         errors.append(failures.get())
     assert not errors, errors[:5]
-    assert len(PrefixStore(str(tmp_path)).epochs("k")) <= 4
+    assert loaded, "no load found a prefix while the savers ran"
+    assert len(store.epochs("k")) <= 4
+    assert _load_checked(store)["epoch"] == 40  # what is left loads, the longest first
 
 
 def test_prefix_store__a_truncated_prefix_is_discarded_with_a_warning_and_the_next_shorter_used(tmp_path, caplog):

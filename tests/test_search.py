@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests_helpers import NO_GPU, TINY, kill_session, run_search_cli, trial_results
-from tuning import search
-from tuning.summary import pareto_mask
+from tuning import driver, experiment, flags, ray_internals, search
+from tuning.studies import pareto_mask
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,7 +97,7 @@ def test_search__resuming_a_finished_search_reruns_nothing_and_reports_the_same(
     cwd = os.getcwd()
     os.chdir(tmp)
     try:
-        outcome = search.run(args)
+        outcome = driver.run(args)
     finally:
         os.chdir(cwd)
     assert {t: len(rs) for t, rs in trial_results(tmp / "asha").items()} == before
@@ -146,8 +146,8 @@ def test_search__trials_take_datasets_from_the_object_store_not_from_data_dir(ra
         shutil.rmtree(data_dir)  # from here on, a trial that reads data_dir fails with MissingDataError
         return loaded
 
-    load_dataset = search.load_dataset
-    monkeypatch.setattr(search, "load_dataset", load_then_delete)
+    load_dataset = driver.load_dataset
+    monkeypatch.setattr(driver, "load_dataset", load_then_delete)
     df = run_search(tmp_path, "--dataset", "cifar10", "--data-dir", str(data_dir), "--space", "smoke",
                     "--name", "objstore", "--num-samples", "2", "--scheduler", "fifo", "--no-mlflow")
     assert loads == ["cifar10"]  # read once, by the driver
@@ -184,7 +184,7 @@ def test_search__resumes_after_the_driver_is_killed_at_a_new_location_without_re
     shutil.copytree(exp, moved / name)
     old = _tree(exp)
     argv = ["--resume", "--name", name, "--storage-path", str(moved), "--verbose", "0"]
-    df = search.run(search.build_parser().parse_args(argv), search.given_flags(argv)).df
+    df = driver.run(search.build_parser().parse_args(argv), flags.given_flags(argv)).df
     assert len(df) == 6 and df["completed"].all() and df["error"].isna().all()
     assert _tree(exp) == old, "the resumed search touched the experiment's old location"
     exp = moved / name
@@ -226,7 +226,7 @@ def test_search__ctrl_c_stops_with_a_resume_hint_and_resume_finishes(ray_cluster
     assert parent.info.status == "KILLED"
     args = search.build_parser().parse_args(["--resume", "--name", "ctrlc", "--storage-path", str(tmp_path),
                                              "--verbose", "0"])
-    df = search.run(args).df
+    df = driver.run(args).df
     assert len(df) == 4 and df["completed"].all()
     assert c.get_run(parent.info.run_id).info.status == "FINISHED"
 
@@ -250,17 +250,18 @@ def test_search__impossible_resource_request_fails_fast(ray_cluster, tmp_path, c
 
 @pytest.mark.parametrize("argv, message", [
     (["--space", "nope"],
-     "argument --space: invalid choice: 'nope' (choose from 'paper', 'table1', 'continuous', 'pbt', 'smoke')"),
+     "argument --space: nope: not a built-in space (continuous, paper, pbt, smoke, table1) nor a .yaml/.yml/.json file"),
     (["--search", "bayes"], "argument --search: invalid choice: 'bayes'"),
     (["--scheduler", "hyperband"], "argument --scheduler: invalid choice"),
     (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),
     (["--fraction", "1.5"], "--fraction: must be in (0, 1], got 1.5"),
-    (["--seeds", "0"], "--seeds: must be at least 1"),
+    (["--seeds", "0"], "--seeds: must be in [1, 1000]"),
     (["--resume"], "--resume needs --name"),
-    (["--scheduler", "pbt", "--search", "random"], "--scheduler pbt: space 'paper' varies rho, epochs"),
-    (["--scheduler", "pbt", "--space", "pbt"], "--scheduler pbt: use --search random or grid"),
-    (["--space", "table1", "--scheduler", "asha"], "--scheduler asha: --space table1 runs the paper's one "
-                                                   "configuration on every seed to the end"),
+    (["--scheduler", "pbt", "--search", "random"], "--scheduler pbt with --space paper: the space varies rho, epochs; "
+                                                   "PBT copies weights"),
+    (["--scheduler", "pbt", "--space", "pbt"], "--scheduler pbt with --space pbt: use --search random or grid"),
+    (["--space", "table1", "--scheduler", "asha"], "--scheduler asha: --space table1 has nothing to search: its one "
+                                                   "configuration runs on every seed to the end"),
     (["--space", "table1", "--search", "optuna"], "--search optuna: --space table1"),
 ])
 def test_search__invalid_flags_fail_with_a_message_naming_the_flag(argv, message, capsys):
@@ -279,15 +280,15 @@ def test_search__paper_setting_offline_fails_with_the_missing_data_error(tmp_pat
 
 def test_search__resume_of_an_experiment_saved_before_a_flag_existed_uses_its_default(tmp_path):
     _saved_experiment(tmp_path, "old")
-    saved = json.loads((tmp_path / "old" / search.ARGS_FILE).read_text())
+    saved = json.loads((tmp_path / "old" / experiment.ARGS_FILE).read_text())
     del saved["amp"]  # as written by a version without --amp
-    (tmp_path / "old" / search.ARGS_FILE).write_text(json.dumps(saved))
+    (tmp_path / "old" / experiment.ARGS_FILE).write_text(json.dumps(saved))
     argv = ["--resume", "--name", "old", "--storage-path", str(tmp_path)]
-    args = search.load_args(search.build_parser().parse_args(argv), search.given_flags(argv))
+    args = experiment.load_args(search.build_parser().parse_args(argv), flags.given_flags(argv))
     # The default, which the experiment's checkpoints recorded.
     assert args.amp == "auto" and args.resume and args.name == "old"
-    with pytest.raises(search.UsageError, match=r"--amp on \(it ran with auto\)"):
-        search.load_args(search.build_parser().parse_args([*argv, "--amp", "on"]), search.given_flags([*argv, "--amp",
+    with pytest.raises(experiment.UsageError, match=r"--amp on \(it ran with auto\)"):
+        experiment.load_args(search.build_parser().parse_args([*argv, "--amp", "on"]), flags.given_flags([*argv, "--amp",
                                                                                                      "on"]))
 
 
@@ -296,7 +297,7 @@ def _saved_experiment(tmp_path, name, *argv):
     saved = vars(search.build_parser().parse_args([*TINY, "--space", "smoke", "--name", name, "--storage-path",
                                                    str(tmp_path), *argv]))
     (tmp_path / name).mkdir()
-    (tmp_path / name / search.ARGS_FILE).write_text(json.dumps(saved))
+    (tmp_path / name / experiment.ARGS_FILE).write_text(json.dumps(saved))
 
 
 def _snapshot(tmp_path, name):
@@ -333,13 +334,13 @@ def test_search__resume_takes_the_flags_that_may_change_and_refuses_the_others(t
     shutil.copytree(tmp_path / "exp", moved / "exp")
     given = ["--resume", "--name", "exp", "--storage-path", str(moved), "--max-failures", "7", "--max-concurrent",
              "3", "--mlflow-uri", "http://127.0.0.1:1", "--seeds", "2"]  # --seeds as it ran: no change
-    args = search.load_args(search.build_parser().parse_args(given), search.given_flags(given))
+    args = experiment.load_args(search.build_parser().parse_args(given), flags.given_flags(given))
     assert (args.storage_path, args.max_failures, args.max_concurrent, args.mlflow_uri, args.seeds, args.space) == \
            (str(moved), 7, 3, "http://127.0.0.1:1", 2, "smoke")
     refused = [*given, "--epoch-scale", "0.5", "--dataset", "mnist"]
-    with pytest.raises(search.UsageError, match=r"--dataset mnist \(it ran with digits\); --epoch-scale 0.5 "
+    with pytest.raises(experiment.UsageError, match=r"--dataset mnist \(it ran with digits\); --epoch-scale 0.5 "
                                                 r"\(it ran with 1.0\)"):
-        search.load_args(search.build_parser().parse_args(refused), search.given_flags(refused))
+        experiment.load_args(search.build_parser().parse_args(refused), flags.given_flags(refused))
 
 
 def test_search__an_experiment_stopped_before_its_first_snapshot_is_started_afresh(tmp_path):
@@ -350,11 +351,12 @@ def test_search__an_experiment_stopped_before_its_first_snapshot_is_started_afre
     (tmp_path / "early" / "ssl_prefixes").mkdir()
     folder = storage.Folder(str(tmp_path / "early"))
     argv = ["--resume", "--name", "early", "--storage-path", str(tmp_path)]
-    args, restore = search.prepare(search.build_parser().parse_args(argv), folder, search.given_flags(argv))
+    args, restore = experiment.prepare(search.build_parser().parse_args(argv), folder, flags.given_flags(argv))
     assert args.resume and not restore  # nothing of Tune's to restore: a fresh start with the saved settings
-    assert sorted(p.name for p in (tmp_path / "early").iterdir()) == [search.ARGS_FILE, "ssl_prefixes"]
+    assert sorted(p.name for p in (tmp_path / "early").iterdir()) == [experiment.ARGS_FILE, experiment.SPACE_FILE,
+                                                                     "ssl_prefixes"]
     argv = ["--name", "early", "--storage-path", str(tmp_path), "--no-mlflow", "--seeds", "3"]
-    args, restore = search.prepare(search.build_parser().parse_args(argv), folder)  # or started again
+    args, restore = experiment.prepare(search.build_parser().parse_args(argv), folder)  # or started again
     assert not restore and args.seeds == 3
 
 
@@ -378,9 +380,9 @@ def test_search__a_run_stopped_before_its_first_snapshot_with_truncated_prefixes
     # What a driver killed before Tune's first snapshot leaves: its settings and a junk tuner.pkl; and in the
     # prefix store, every prefix the search will look for, truncated (a crash, a full disk).
     (tmp_path / "crashed").mkdir()
-    (tmp_path / "crashed" / search.ARGS_FILE).write_text(json.dumps(vars(args)))
+    (tmp_path / "crashed" / experiment.ARGS_FILE).write_text(json.dumps(vars(args)))
     (tmp_path / "crashed" / "tuner.pkl").write_bytes(b"junk")
-    base = search.base_config(args)
+    base = experiment.base_config(args)
     for seed in (0, 1):
         run = resolve(MixConfig.from_trial({**base, "method": "ssl_sl", "e_ssl": 2, "e_sl": 2, "seed": seed}))
         folder = tmp_path / "crashed" / "ssl_prefixes" / prefix_key(run, "cpu")
@@ -388,7 +390,7 @@ def test_search__a_run_stopped_before_its_first_snapshot_with_truncated_prefixes
         for epoch in (1, 2):
             (folder / f"epoch_{epoch:05d}.pt").write_bytes(encode({"epoch": epoch})[:40])
     resume = ["--resume", "--name", "crashed", "--storage-path", str(tmp_path), "--verbose", "0"]
-    df = search.run(search.build_parser().parse_args(resume), search.given_flags(resume)).df
+    df = driver.run(search.build_parser().parse_args(resume), flags.given_flags(resume)).df
     assert len(df) == 8 and df["error"].isna().all() and df["completed"].all()
     stored = list((tmp_path / "crashed" / "ssl_prefixes").rglob("epoch_*.pt"))
     assert len(stored) == 4  # two keys x two epochs, each discarded and stored again, whole
@@ -429,28 +431,27 @@ def test_search__warm_start_from_a_search_on_other_data_is_refused(tmp_path, cap
 def test_search__tune_may_keep_as_many_trials_pending_as_there_are_slots(ray_cluster, monkeypatch):
     """Tune keeps one trial pending for a search algorithm of its own kind: freed slots then fill one at a
     time and an autoscaler is asked for one worker at a time."""
-    from tuning import cluster
     args = search.build_parser().parse_args([*TINY, "--cpus-per-trial", "0.5"])
-    assert search.pending_trials(args) == 4  # the session's Ray has 2 CPUs
+    assert driver.cluster_pending(args) == 4  # the session's Ray has 2 CPUs
     args.max_concurrent = 3
-    assert search.pending_trials(args) == 3
+    assert driver.cluster_pending(args) == 3
     monkeypatch.setattr(cluster, "launchable_node_types",
                         lambda address: [cluster.NodeType("gpu_worker", {"CPU": 4, "GPU": 1}, max_workers=2)])
     gpu = search.build_parser().parse_args([*TINY, "--cpus-per-trial", "1", "--gpus-per-trial", "0.25"])
-    assert search.pending_trials(gpu) == 8  # no GPU here; two workers of four trials each may join
+    assert driver.cluster_pending(gpu) == 8  # no GPU here; two workers of four trials each may join
 
     seen = []
 
     class Tuner:
         def fit(self):
-            seen.append(os.environ.get(search.PENDING_ENV))
+            seen.append(os.environ.get(ray_internals.PENDING_ENV))
             return []
 
-    monkeypatch.delenv(search.PENDING_ENV, raising=False)
-    search.fit(Tuner(), None, None, pending=4)
-    assert seen == ["4"] and search.PENDING_ENV not in os.environ
-    monkeypatch.setenv(search.PENDING_ENV, "16")  # the user's own setting wins
-    search.fit(Tuner(), None, None, pending=4)
+    monkeypatch.delenv(ray_internals.PENDING_ENV, raising=False)
+    driver.fit(Tuner(), None, None, pending=4)
+    assert seen == ["4"] and ray_internals.PENDING_ENV not in os.environ
+    monkeypatch.setenv(ray_internals.PENDING_ENV, "16")  # the user's own setting wins
+    driver.fit(Tuner(), None, None, pending=4)
     assert seen == ["4", "16"]
 
 
@@ -466,5 +467,89 @@ def test_best_checkpoint__the_best_seed_of_the_chosen_configuration_among_this_s
             row("mixtraining", 0, val=0.60, test=0.9, alpha=0.9)]
     results = [SimpleNamespace(metrics={"trial_id": r["trial_id"]}, checkpoint=f"ckpt-{r['trial_id']}")
                for r in rows if r["seed"] != 2]
-    assert search.best_checkpoint(results, frame(*BASELINES, *rows)) == f"ckpt-{rows[1]['trial_id']}"
-    assert search.best_checkpoint([], frame(*BASELINES, *rows)) is None
+    assert driver.best_checkpoint(results, frame(*BASELINES, *rows)) == f"ckpt-{rows[1]['trial_id']}"
+    assert driver.best_checkpoint([], frame(*BASELINES, *rows)) is None
+
+
+# --- spaces from files, dry runs -------------------------------------------------------------------
+
+def test_search__dry_run_prints_settings_space_plans_and_cost_and_starts_nothing(tmp_path, capsys):
+    import ray
+    space = tmp_path / "mine.yaml"
+    space.write_text("alpha: [0.1, 0.9]\nrho: 0.5\nepochs: [2, 4]\n")
+    rc = search.main([*TINY, "--space", str(space), "--storage-path", str(tmp_path / "runs"), "--dry-run",
+                      "--mlflow-uri", "postgresql://alice:s3cret@db.example/mlflow", "--search", "grid"])
+    out = capsys.readouterr().out
+    assert rc == 0 and not ray.is_initialized() and not (tmp_path / "runs").exists()
+    assert "== space ==\nalpha: [0.1, 0.9]\nrho: 0.5\nepochs: [2, 4]" in out
+    assert "sl           e_ssl=4 e_sl=4: 0 + 0 + 4" in out and "ssl_sl       e_ssl=2 e_sl=2: 2 + 0 + 2" in out
+    assert "mixtraining  e_ssl=4 e_sl=4 rho=0.5: 2 + 2 + 2" in out
+    assert "this search: about 8 trials" in out  # 2 budgets x (SL, SSL+SL) + a grid of 2 x 2
+    assert "name: mine-digits-" in out  # the default name from the file's stem
+    assert "s3cret" not in out and "postgresql://alice:***@db.example/mlflow" in out
+
+
+def test_search__resume_compares_the_space_files_content_not_its_path(tmp_path):
+    space = tmp_path / "a.yaml"
+    space.write_text("alpha: [0.1, 0.9]\nepochs: 2\n")
+    _saved_experiment(tmp_path, "spaced", "--space", str(space), "--no-mlflow")
+    folder = experiment.folder_of(str(tmp_path), "spaced")
+    experiment.prepare(search.build_parser().parse_args([*TINY, "--space", str(space), "--name", "spaced",
+                                                          "--storage-path", str(tmp_path), "--no-mlflow"]), folder)
+    _snapshot(tmp_path, "spaced")
+    moved = tmp_path / "b.json"
+    moved.write_text(json.dumps({"alpha": [0.1, 0.9], "epochs": 2}))  # the same space, elsewhere, as JSON
+    argv = ["--resume", "--name", "spaced", "--storage-path", str(tmp_path), "--space", str(moved)]
+    args = experiment.load_args(search.build_parser().parse_args(argv), flags.given_flags(argv))
+    assert args.space == str(space)
+    space.write_text("alpha: [0.1, 0.5]\nepochs: 2\n")  # the file changed since: its content now differs
+    argv[-1] = str(space)
+    with pytest.raises(experiment.UsageError, match=r"--space .*a.yaml \(it ran with .*a.yaml\)"):
+        experiment.load_args(search.build_parser().parse_args(argv), flags.given_flags(argv))
+    assert json.loads((tmp_path / "spaced" / experiment.SPACE_FILE).read_text()) == {"alpha": [0.1, 0.9], "epochs": 2}
+
+
+def test_search__a_space_over_mask_ratio_runs_each_value_and_reports_each(ray_cluster, tmp_path):
+    space = tmp_path / "mask.yaml"
+    space.write_text("mask_ratio: [0.5, 0.9]\nalpha: 0.5\nrho: 0.5\nepochs: 2\n")
+    df, out = run_search_cli(tmp_path, "--space", str(space), "--name", "mask", "--search", "random",
+                             "--num-samples", "2", "--scheduler", "fifo", "--no-mlflow")
+    mix = df[df["method"] == "mixtraining"]
+    assert sorted(mix["mask_ratio"]) == [0.5, 0.9] and mix["completed"].all()  # both ran, neither answered
+    assert (df.loc[df["method"] != "mixtraining", "mask_ratio"] == 0.75).all()  # baselines at the default
+    assert "| configs tried | alpha | rho | lam | mask_ratio |" in out and "| 2 | 0.5 | 0.5 | 0.5 |" in out
+    configs = out.split("== MixTraining configurations tried")[1]
+    assert "mask_ratio=0.5" in configs and "mask_ratio=0.9" in configs
+    assert (tmp_path / "mask" / "parameter_study" / "mask_ratio.png").exists()
+
+
+def test_search__resume_with_a_lost_tracking_store_continues_with_no_mlflow(tmp_path):
+    _saved_experiment(tmp_path, "tracked-once")  # tracked in MLflow, and its parent run file is gone with the store
+    _snapshot(tmp_path, "tracked-once")
+    folder = experiment.folder_of(str(tmp_path), "tracked-once")
+    argv = ["--resume", "--name", "tracked-once", "--storage-path", str(tmp_path)]
+    with pytest.raises(experiment.UsageError, match="or resume with --no-mlflow"):
+        experiment.prepare(search.build_parser().parse_args(argv), folder, flags.given_flags(argv))
+    argv.append("--no-mlflow")
+    args, restore = experiment.prepare(search.build_parser().parse_args(argv), folder, flags.given_flags(argv))
+    assert args.no_mlflow and args.resume and restore
+
+
+def test_search__a_password_in_the_tracking_uri_is_never_written_and_resume_takes_it_from_the_environment(
+        tmp_path, monkeypatch):
+    secret = "postgresql://alice:s3cret@db.example/mlflow"
+    monkeypatch.setattr(experiment.tracking, "resolve_uri", lambda uri: uri)
+    argv = [*TINY, "--space", "smoke", "--name", "pw", "--storage-path", str(tmp_path), "--mlflow-uri", secret]
+    folder = experiment.folder_of(str(tmp_path), "pw")
+    args, _ = experiment.prepare(search.build_parser().parse_args(argv), folder)
+    assert args.mlflow_uri == secret  # this run uses it ...
+    saved = (tmp_path / "pw" / experiment.ARGS_FILE).read_text()
+    assert "s3cret" not in saved and "postgresql://alice:***@db.example/mlflow" in saved  # ... the folder does not
+    (tmp_path / "pw" / experiment.PARENT_FILE).write_text("0" * 32)
+    _snapshot(tmp_path, "pw")
+    resume = ["--resume", "--name", "pw", "--storage-path", str(tmp_path)]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(experiment.UsageError, match=r"whose password is not stored: pass --mlflow-uri"):
+        experiment.load_args(search.build_parser().parse_args(resume), flags.given_flags(resume))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", secret)
+    assert experiment.load_args(search.build_parser().parse_args(resume), flags.given_flags(resume)).mlflow_uri == secret

@@ -277,3 +277,61 @@ def test_searcher__an_earlier_searchs_completion_runs_finish_their_seed_and_stay
     trials, _ = _drain(s, finish=True)
     assert len(trials) == 6  # the three other grid points on two seeds; seed 1 of the best is not rerun
     assert s.suggest("x") == Searcher.FINISHED
+
+
+def test_registry__a_new_proposal_algorithm_is_one_function_and_one_entry(monkeypatch):
+    from search_spaces import load
+    from tuning import search, searchers
+
+    made = []
+
+    def first_values(space, metric, mode, seed, points, rewards):
+        made.append((sorted(space), seed))
+        return searchers.SEARCHERS["random"](space, metric, mode, seed, points, rewards)
+
+    monkeypatch.setitem(searchers.SEARCHERS, "mine", first_values)
+    parser = search.build_parser()
+    args = parser.parse_args(["--search", "mine", "--space", "smoke", "--fraction", "0.5", "1.0", "--search-seed", "7"])
+    search.validate(args, parser)
+    s = searchers.make_searcher(args, load("smoke"))
+    assert made == [(["alpha", "epochs", "rho"], 7), (["alpha", "epochs", "rho"], 8)] and set(s.inner) == {0.5, 1.0}
+
+
+def test_make_searcher__optuna_gets_a_resolved_space_and_warns_of_nothing(caplog):
+    from search_spaces import load
+    from tuning import search, searchers
+    parser = search.build_parser()
+    args = parser.parse_args(["--space", "continuous"])
+    search.validate(args, parser)
+    with caplog.at_level("WARNING"):
+        searchers.make_searcher(args, load("continuous"))
+    assert not [r for r in caplog.records if "unresolved search space" in r.getMessage().lower()]
+
+
+def test_searcher__a_field_the_space_names_tells_configurations_apart():
+    """A space over mask_ratio: its two values are two configurations, each run, never one answered with the
+    other's result (alpha, rho, lam and epochs alone told them apart before)."""
+    from search_spaces import from_data, identity
+    space = from_data({"mask_ratio": [0.5, 0.9], "alpha": 0.5, "rho": 0.5, "epochs": 2})
+    inner = {1.0: _Scripted([{"mask_ratio": 0.5}, {"mask_ratio": 0.5}, {"mask_ratio": 0.9}])}
+    s = ExperimentSearcher(space, fractions=[1.0], seeds=1, budgets=[2], epoch_scale=1.0, num_samples=2, inner=inner,
+                           metric="val_acc", mode="max", baselines=False, identity=identity(space))
+    first = s.suggest("t1")
+    s.on_trial_complete("t1", {"val_acc": 0.7, "completed": True})
+    second = s.suggest("t2")
+    assert (first["mask_ratio"], second["mask_ratio"]) == (0.5, 0.9)
+    assert inner[1.0].told == [("t1", {"val_acc": 0.7}), ("t2", {"val_acc": 0.7})]  # the repeat answered, not run
+
+
+class _Scripted(Searcher):
+    """Proposes the given points in turn and records what it is told, in order."""
+
+    def __init__(self, points):
+        super().__init__(metric="val_acc", mode="max")
+        self.points, self.told = list(points), []
+
+    def suggest(self, trial_id):
+        return self.points.pop(0) if self.points else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.told.append((trial_id, result))

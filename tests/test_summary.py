@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tuning.summary import choose_best, comparison_table, format_paired, format_table, paired_stats, trial_row
+from tuning.summary import choose_best, comparison_table, format_paired, format_table, paired_stats, trial_row, holm
 
 
 def row(method, seed, val, test, alpha=0.5, rho=0.5, completed=True, error=None, completion=False,
@@ -87,19 +87,38 @@ def test_paired_stats__mean_and_t_interval_of_the_per_seed_differences():
     assert r["n"] == 3 and r["mean_diff"] == pytest.approx(mean)
     assert (r["ci_low"], r["ci_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
     assert not r["excludes_zero"]
-    sl = paired.loc["sl"]  # 0.20, 0.10, 0.23 above SL: an interval clear of zero
+    sl = paired.loc["sl"]  # 0.20, 0.10, 0.23 above SL: an interval clear of zero on its own ...
     assert sl["excludes_zero"] and sl["ci_low"] > 0
+    d_sl = [0.70 - 0.50, 0.64 - 0.54, 0.69 - 0.46]
+    p_sl = 2 * stats.t.sf(statistics.mean(d_sl) / (statistics.stdev(d_sl) / math.sqrt(3)), 2)
+    p_ssl = 2 * stats.t.sf(abs(mean) / sem, 2)
+    assert (sl["p_value"], r["p_value"]) == (pytest.approx(p_sl), pytest.approx(p_ssl))
+    # ... but not over the family of two comparisons: Holm multiplies the smaller p (0.046) by 2
+    assert sl["p_holm"] == pytest.approx(2 * p_sl) and not sl["significant"]
+    assert r["p_holm"] == pytest.approx(max(2 * p_sl, p_ssl))
     text = format_paired(paired.reset_index())
-    assert "MixTraining - SL (fraction 1, epochs 10): +17.67 points, 95% CI [" in text and " *" in text
+    assert "MixTraining - SL (fraction 1, epochs 10): +17.67 points, 95% CI [" in text and " *" not in text
 
 
-def test_paired_stats__one_seed_has_no_interval():
+def test_holm__step_down_adjusted_p_values_non_decreasing_and_untested_left_out():
+    assert holm([0.01, 0.04, 0.03, math.nan]) == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06),
+                                                   pytest.approx(math.nan, nan_ok=True)]
+    assert holm([0.5, 0.9]) == [pytest.approx(1.0), pytest.approx(1.0)]  # capped at 1
+    assert holm([0.001]) == [pytest.approx(0.001)]
+
+
+def test_paired_stats__one_seed_has_no_interval_and_no_spread_is_never_significant():
     df = frame(*[r for r in BASELINES if r["seed"] == 0], row("mixtraining", 0, 0.8, 0.7))
     assert "n=1: one seed, no interval exists" in format_paired(paired_stats(df))
+    assert "| 70.00% |" in format_table(comparison_table(df))  # n = 1: no "± 0.00"
+    same = [row("mixtraining", s, 0.8, t + 0.05) for s, t in ((0, 0.60), (1, 0.66))]  # +5 points on both seeds
+    paired = paired_stats(frame(*[r for r in BASELINES if r["seed"] < 2], *same)).set_index("versus")
+    assert not paired.loc["ssl_sl", "significant"] and paired.loc["ssl_sl", "p_value"] != paired.loc["ssl_sl", "p_value"]
+    assert "every seed differs by the same amount, no interval exists" in format_paired(paired.reset_index())
 
 
 def test_param_importances__the_parameter_that_decides_the_accuracy_matters_most_and_ties_give_none():
-    from tuning.summary import param_importances
+    from tuning.studies import param_importances
     rows = [row("mixtraining", s, 0.3 + 0.6 * a + 0.01 * r, 0.5, alpha=a, rho=r)
             for a in (0.1, 0.5, 0.9) for r in (0.25, 0.5, 1.0) for s in (0, 1)]
     importances = param_importances(frame(*rows))[1.0]
@@ -113,3 +132,27 @@ def test_comparison_table__configs_tried_counts_the_configurations_the_scheduler
                row("mixtraining", 0, 0.3, 0.3, alpha=0.9, completed=False),
                row("mixtraining", 0, 0.2, 0.2, alpha=0.1, completed=False))
     assert comparison_table(df).set_index("method").loc["mixtraining", "tried"] == 3
+
+
+def test_param_importances__continuous_values_are_one_numeric_dimension_and_the_forest_input_is_bounded(monkeypatch):
+    """300 configurations of a continuous alpha: one FloatDistribution, not a 300-way category (which kept a
+    300-trial search's driver in fANOVA for more than 18 minutes), and at most IMPORTANCE_MAX_CONFIGS of them."""
+    import optuna
+
+    from tuning import studies
+    rng = __import__("random").Random(0)
+    rows = [row("mixtraining", 0, 0.3 + 0.6 * a + 0.01 * r, 0.5, alpha=a, rho=r)
+            for a, r in ((rng.random(), rng.random()) for _ in range(300))]
+    seen = []
+    real = optuna.study.Study.add_trials
+
+    def spy(study, trials):
+        seen.append(trials)
+        return real(study, trials)
+    monkeypatch.setattr(optuna.study.Study, "add_trials", spy)
+    monkeypatch.setattr(studies, "IMPORTANCE_MAX_CONFIGS", 120)
+    importances = studies.param_importances(frame(*rows))[1.0]
+    assert importances["alpha"] > importances["rho"]
+    (trials,) = seen
+    assert len(trials) == 120
+    assert isinstance(trials[0].distributions["alpha"], optuna.distributions.FloatDistribution)

@@ -1,105 +1,32 @@
-"""MLflow tracking against a real `mlflow server` on loopback: runs, tags, params, histories, artifacts, and a
-server that goes away mid-search."""
+"""MLflow tracking without Ray or a server: the callback and each operation against a local sqlite store, the
+classification of MLflow's errors, and the reproductions of issue 21 that concern tracking (the end-to-end
+tests with a real search and server are in test_tracking_search.py)."""
+import http.server
 import json
 import logging
 import math
-import tempfile
+import pickle
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.fs
 import pytest
+import requests
 from mlflow import MlflowClient
-from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException, RestException
+from ray.tune import Checkpoint
 
-from tests_helpers import MlflowServer, free_port, run_search_cli, trial_results
+from conftest import small_config
+from tests_helpers import free_port
 from trainable import storage
-from tuning import tracking
-
-TRACKED_TRIALS = 2 * 2 + 2 * 2  # (SL, SSL+SL) x 2 seeds + 2 samples x 2 seeds
-
-
-def _runs(c):
-    runs = c.search_runs([c.get_experiment_by_name("tracked").experiment_id])
-    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parent) == 1 and len(children) == TRACKED_TRIALS  # every loop below runs over all of them
-    return parent, children
-
-
-def _artifacts(c, run_id, path=None):
-    out = []
-    for f in c.list_artifacts(run_id, path):
-        out += _artifacts(c, run_id, f.path) if f.is_dir else [f.path]
-    return out
-
-
-def test_tracking__ssl_prefixes_are_shared_and_the_parent_reports_what_was_saved(tracked_search):
-    df, out, c = tracked_search
-    parent, children = _runs(c)
-    reused = int(sum(r.data.metrics["ssl_epochs_reused"] for r in children))
-    assert reused > 0 and df["ssl_epochs_reused"].sum() == reused
-    assert parent[0].data.metrics["ssl_epochs_reused"] == reused
-    assert f"SSL-prefix sharing: {reused} SSL-only epochs reused" in out
-
-
-def test_tracking__one_parent_and_a_tagged_child_per_trial(tracked_search):
-    df, _, c = tracked_search
-    parent, children = _runs(c)
-    assert len(df) == TRACKED_TRIALS
-    p = parent[0]
-    assert p.info.status == "FINISHED"
-    assert p.data.params["space"] == "smoke" and p.data.params["seeds"] == "2"
-    assert "mlflow.source.git.commit" in p.data.tags
-    assert all(r.data.tags["mlflow.parentRunId"] == p.info.run_id for r in children)
-    assert sorted(r.data.tags["method"] for r in children) == ["mixtraining"] * 4 + ["sl"] * 2 + ["ssl_sl"] * 2
-    assert sorted(r.data.tags["seed"] for r in children) == ["0"] * 4 + ["1"] * 4
-    assert {r.data.tags["datasets"] for r in children} == {"digits"}
-    assert {r.data.tags["trial_id"] for r in children} == set(df["trial_id"])
-    assert {r.info.status for r in children} == {"FINISHED"}
-
-
-def test_tracking__child_params_hold_the_resolved_config_and_phase_plan(tracked_search):
-    _, _, c = tracked_search
-    _, children = _runs(c)
-    for r in children:
-        p = r.data.params
-        assert p["model"] == "test" and p["datasets"] == "digits" and p["e_sl"] == "2"
-        plan = (int(p["plan_ssl_epochs"]), int(p["plan_mix_epochs"]), int(p["plan_sl_epochs"]))
-        expected = {"sl": (0, 0, 2), "ssl_sl": (2, 0, 2)}.get(r.data.tags["method"])
-        assert plan == expected if expected else plan[1] == int(p["e_mix"]) == int(float(p["rho"]) * 2)
-
-
-def test_tracking__per_epoch_metric_histories_and_test_accuracy(tracked_search):
-    _, _, c = tracked_search
-    _, children = _runs(c)
-    for r in children:
-        p = r.data.params
-        n_ssl, n_mix, n_sl = (int(p[k]) for k in ("plan_ssl_epochs", "plan_mix_epochs", "plan_sl_epochs"))
-        total = n_ssl + n_mix + n_sl
-        # Epochs taken from a shared SSL prefix were trained (and logged) by another trial.
-        reused = int(r.data.metrics["ssl_epochs_reused"])
-        assert 0 <= reused <= n_ssl
-        hist = lambda key: [m.step for m in c.get_metric_history(r.info.run_id, key)]  # noqa: E731
-        assert hist("train_time_s") == list(range(reused + 1, total + 1))
-        assert hist("compute_tflop") == list(range(reused + 1, total + 1))
-        assert hist("val_acc") == list(range(n_ssl + 1, total + 1))  # only once the classifier trained
-        assert hist("loss_ssl") == list(range(reused + 1, n_ssl + n_mix + 1))
-        phases = [m.value for m in c.get_metric_history(r.info.run_id, "phase")]
-        assert phases == [0.0] * (n_ssl - reused) + [1.0] * n_mix + [2.0] * n_sl
-        assert 0.0 <= r.data.metrics["test_acc"] <= 1.0
-
-
-def test_tracking__reconstructions_on_trials_with_a_decoder_and_parent_artifacts(tracked_search):
-    _, _, c = tracked_search
-    parent, children = _runs(c)
-    for r in children:
-        has = "reconstruction.png" in _artifacts(c, r.info.run_id)
-        assert has == (r.data.tags["method"] != "sl"), r.data.tags["method"]
-    arts = set(_artifacts(c, parent[0].info.run_id))
-    assert {"comparison.csv", "comparison.md", "accuracy_vs_cost.png", "best_model/engine.pt",
-            "best_model/config.json"} <= arts
+from trainable.tune_trainable import TrialSettings
+from tuning import delivery, tracking
+from tuning.mlflow_calls import (LogMetrics, MLflowCalls, OpenTrialRun, RunMissing, SetStatus, SetTag,
+                                 artifact_location, drop_orphans, experiment_id, is_outage)
+from tuning.searcher import GROUP
 
 
 def test_tracking__a_local_stores_artifacts_live_next_to_its_database_wherever_the_search_runs(tmp_path,
@@ -108,14 +35,13 @@ def test_tracking__a_local_stores_artifacts_live_next_to_its_database_wherever_t
     (tmp_path / "store").mkdir()
     monkeypatch.chdir(tmp_path)  # not the store's folder: MLflow's default would be ./mlruns here
     c = MlflowClient(uri)
-    parent = c.create_run(tracking.experiment_id(c, "where", uri)).info.run_id
+    parent = c.create_run(experiment_id(c, "where", uri)).info.run_id
     c.log_text(parent, "hello", "note.txt")
     assert (tmp_path / "store" / "mlruns").is_dir() and not (tmp_path / "mlruns").exists()
-    assert tracking.artifact_location("http://127.0.0.1:5000") is None  # a server chooses
+    assert artifact_location("http://127.0.0.1:5000") is None  # a server chooses
 
 
 def test_tracking__a_run_of_a_trial_lost_with_the_driver_is_ended_and_deleted(tmp_path):
-    from tuning.tracking import drop_orphans, experiment_id
     c = MlflowClient(f"sqlite:///{tmp_path}/m.db")
     eid = experiment_id(c, "orphans", f"sqlite:///{tmp_path}/m.db")
     parent = c.create_run(eid).info.run_id
@@ -127,45 +53,124 @@ def test_tracking__a_run_of_a_trial_lost_with_the_driver_is_ended_and_deleted(tm
     assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED" and "superseded" in gone.data.tags
 
 
-def test_tracking__a_failed_trial_ends_failed_with_its_error(ray_cluster, mlflow_server, tmp_path):
-    df, out = run_search_cli(tmp_path, "--space", "smoke", "--name", "failing", "--num-samples", "1",
-                             "--no-baselines", "--scheduler", "fifo", "--max-failures", "0", "--sl-lr", "1e30",
-                             "--mlflow-uri", mlflow_server, "--experiment", "failing")
-    c = MlflowClient(mlflow_server)
-    runs = c.search_runs([c.get_experiment_by_name("failing").experiment_id], "tags.trial_id != ''")
-    assert len(runs) == 1 and runs[0].info.status == "FAILED"
-    assert "non-finite loss" in runs[0].data.tags["error"]
-    assert "error.txt" in _artifacts(c, runs[0].info.run_id)
-    assert df["error"].notna().all() and "(0 stopped early by the scheduler, 1 failed)" in out
+@pytest.fixture
+def fast_delivery(monkeypatch):
+    """Quick retries and a short wait for a tracking store known to be down; MLflow's fail-fast HTTP settings."""
+    monkeypatch.setattr(delivery, "RETRY_S", 0.05)
+    monkeypatch.setattr(delivery, "DOWN_WAIT_S", 0.5)
+    for key, value in tracking.HTTP_ENV.items():
+        monkeypatch.setenv(key, value)
 
 
-def test_tracking__calls_kept_while_mlflow_was_away_reach_the_run_the_next_driver_creates(tmp_path, monkeypatch):
-    monkeypatch.setattr(tracking, "RETRY_S", 0.1)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+def sqlite_parent(tmp_path, experiment: str):
+    """A local store (no server) with a parent run: (uri, client, parent run id)."""
     uri = f"sqlite:///{tmp_path}/m.db"
     c = MlflowClient(uri)
-    parent = c.create_run(tracking.experiment_id(c, "replay", uri)).info.run_id
-    folder = storage.Folder(str(tmp_path / "experiment"))
-    away = tracking.Outbox(f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    away.load(folder)
-    away.put("open_trial_run", trial="t1", experiment="replay", name="sl-t1", params={"seed": "0"},
-             tags={"mlflow.parentRunId": parent, "trial_id": "t1"})
-    away.put("log_metrics", trial="t1", metrics=[["val_acc", 0.5, 1000, 1], ["val_acc", 0.75, 2000, 2]])
-    away.put("set_terminated", trial="t1", status="FINISHED")
-    away.finish(timeout=0.5)
-    pending = folder.read_text(tracking.PENDING_FILE)
-    lines = [json.loads(line) for line in pending.splitlines()]
-    assert lines[0] == {"runs": {}} and [call["op"] for call in lines[1:]] == ["open_trial_run", "log_metrics",
-                                                                          "set_terminated"]
+    return uri, c, tracking.start_parent(uri, experiment, experiment, {"space": "smoke"})
 
-    # The next driver delivers them first; then once more, as after a crash before the file was removed.
+
+def dead_letters(folder: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted((folder / tracking.DEAD_LETTERS_DIR).glob("*.jsonl"))
+            for line in f.read_text().splitlines()]
+
+
+class FakeTrial:
+    """What the callback reads of a Tune trial."""
+
+    def __init__(self, tmp_path, trial_id: str, config: dict, error_file: str | None = None):
+        self.trial_id, self.config, self.error_file = trial_id, config, error_file
+        self.last_result, self.checkpoint = {}, None
+        self.storage = type("Storage", (), {"storage_filesystem": pyarrow.fs.LocalFileSystem(),
+                                            "experiment_fs_path": str(tmp_path / "experiment")})
+
+    def __str__(self) -> str:
+        return f"trial_{self.trial_id}"
+
+
+DIGESTS = {"digits": {"train": "a1", "test": "b2", "n_train": 1617, "n_test": 180, "shape": [8, 8]}}
+
+
+def test_tracking__the_callback_records_each_trial_s_run_and_the_parent_ends(tmp_path):
+    uri, c, parent = sqlite_parent(tmp_path, "callback")
+    base = small_config().to_dict()
+    cb = tracking.MLflowTracking(uri, "callback", parent, base, TrialSettings(epoch_scale=0.5,
+                                                                              dataset_digests=DIGESTS))
+    cb.setup()
+    good = FakeTrial(tmp_path, "t1", {"method": "mixtraining", "alpha": 0.25, "seed": 1, "fraction": 1.0, GROUP: 7})
+    error = tmp_path / "error.txt"
+    error.write_text("could not reach postgresql://alice:SECRET@db/x")
+    bad = FakeTrial(tmp_path, "t2", {"method": "sl", "seed": 0, "fraction": 1.0}, error_file=str(error))
+    cb.on_trial_start(0, [], good)
+    cb.on_trial_result(0, [], good, {"epoch": 1, "phase": "ssl", "loss_ssl": 0.5, "val_acc": math.nan})
+    cb.on_trial_result(0, [], good, {"epoch": 2, "phase": "sl", "loss_sl": 0.25, "val_acc": 0.75})
+    good.last_result = {"completed": True}
+    cb.on_trial_complete(0, [], good)
+    cb.on_trial_start(0, [], bad)
+    cb.on_trial_error(0, [], bad)
+    cb.on_experiment_end([])
+    assert pickle.loads(pickle.dumps(cb)).delivery is None  # Tune pickles the callback; its queue stays here
+    tracking.finish_parent(uri, parent, pd.DataFrame({"trial_id": ["t1", "t2"]}), {"comparison.md": b"| a |"},
+                           None, delivery=cb.delivery)
+
+    runs = {r.data.tags["trial_id"]: r for r in c.search_runs([c.get_run(parent).info.experiment_id],
+                                                               "tags.trial_id != ''")}
+    assert set(runs) == {"t1", "t2"} and cb.runs == {t: r.info.run_id for t, r in runs.items()}
+    ok, failed = runs["t1"], runs["t2"]
+    assert ok.info.status == "FINISHED" and ok.data.tags["completed"] == "true"
+    assert ok.data.tags["config_group"] == "7" and ok.data.tags["mlflow.parentRunId"] == parent
+    assert ok.data.params["alpha"] == "0.25" and ok.data.params["epoch_scale"] == "0.5"
+    assert [(m.step, m.value) for m in c.get_metric_history(ok.info.run_id, "val_acc")] == [(2, 0.75)]
+    assert [m.value for m in c.get_metric_history(ok.info.run_id, "phase")] == [0.0, 2.0]
+    contexts = {t.value for i in c.get_run(ok.info.run_id).inputs.dataset_inputs for t in i.tags
+                if t.key == "mlflow.data.context"}
+    assert contexts == {"training", "validation", "test"}
+    assert failed.info.status == "FAILED" and "alice:***@db" in failed.data.tags["error"]
+    assert "SECRET" not in failed.data.tags["error"]
+    assert c.get_run(parent).info.status == "FINISHED"
+    assert [a.path for a in c.list_artifacts(parent)] == ["comparison.md"]
+
+
+def test_tracking__a_replayed_start_never_turns_a_finished_run_back_to_running(tmp_path):
+    """Issue 21, reproduction 9: a replayed `set_running` turned a finished run back to RUNNING."""
+    uri, c, parent = sqlite_parent(tmp_path, "statuses")
+    calls, on = MLflowCalls(uri), {"run": parent, "trial": "t1"}
+    calls(OpenTrialRun(**on, experiment="statuses", name="t1", params={}, tags={"mlflow.parentRunId": parent,
+                                                                                "trial_id": "t1"}))
+    status = lambda: c.get_run(calls.runs["t1"]).info.status  # noqa: E731
+    start, end = SetStatus(**on, status="RUNNING", at=1), SetStatus(**on, status="FINISHED", at=2)
+    for op in (start, end, start):  # the start delivered again after a crash
+        calls(op)
+    assert status() == "FINISHED"
+    calls(SetStatus(**on, status="RUNNING", at=3))  # the trial retried later continues its run
+    assert status() == "RUNNING"
+    calls(end)  # its first end, replayed
+    assert status() == "RUNNING"
+
+
+def test_tracking__calls_kept_while_mlflow_was_away_reach_the_run_the_next_driver_creates(tmp_path,
+                                                                                          fast_delivery):
+    uri, c, parent = sqlite_parent(tmp_path, "replay")
+    folder = storage.Folder(str(tmp_path / "experiment"))
+    away = tracking.new_delivery(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    away.load(folder)
+    on = {"run": parent, "trial": "t1"}
+    away.put(OpenTrialRun(**on, experiment="replay", name="sl-t1", params={"seed": "0"},
+                          tags={"mlflow.parentRunId": parent, "trial_id": "t1"}))
+    away.put(LogMetrics(**on, metrics=[["val_acc", 0.5, 1000, 1], ["val_acc", 0.75, 2000, 2]]))
+    away.put(SetStatus(**on, status="FINISHED", at=time.time_ns()))
+    start = time.monotonic()
+    assert away.finish(timeout=600) == 3 and time.monotonic() - start < 30  # MLflow down: no 600 s wait
+    shutil.copytree(tmp_path / "experiment", tmp_path / "saved")
+
+    # The next driver delivers them first; then once more, as after a crash before its journal was deleted.
     for _ in range(2):
         runs = {}
-        back = tracking.Outbox(uri, runs)
+        back = tracking.new_delivery(uri, runs)
         back.load(folder)
-        back.finish(timeout=60)
-        assert not folder.exists(tracking.PENDING_FILE)
-        folder.write_text(tracking.PENDING_FILE, pending)
+        assert back.finish(timeout=60) == 0 and back.set_aside == 0
+        assert not (tmp_path / "experiment" / tracking.PENDING_DIR).exists()
+        shutil.rmtree(tmp_path / "experiment")
+        shutil.copytree(tmp_path / "saved", tmp_path / "experiment")
         children = c.search_runs([c.get_run(parent).info.experiment_id], "tags.trial_id = 't1'")
         assert [r.info.run_id for r in children] == [runs["t1"]]
         run = children[0]
@@ -173,142 +178,93 @@ def test_tracking__calls_kept_while_mlflow_was_away_reach_the_run_the_next_drive
         history = c.get_metric_history(run.info.run_id, "val_acc")
         assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.75)]
 
-    # A run made before Tune's last snapshot knew it: the file's runs map leads the trial's calls there.
-    folder.write_text(tracking.PENDING_FILE, json.dumps({"runs": runs}) + "\n" + json.dumps(
-        {"op": "set_tag", "trial": "t1", "key": "note", "value": "late"}) + "\n")
-    late = tracking.Outbox(uri, {})
-    late.load(folder)
-    late.finish(timeout=60)
+    # A run made before Tune's last snapshot knew it is found by its tags; a trial with no run is set aside.
+    late = tracking.new_delivery(uri, {})
+    late.load(storage.Folder(str(tmp_path / "elsewhere")))
+    late.put(SetTag(**on, key="note", value="late"))
+    late.put(SetTag(run=parent, trial="ghost", key="note", value="nowhere"))
+    assert late.finish(timeout=60) == 0 and late.set_aside == 1
     assert c.get_run(runs["t1"]).data.tags["note"] == "late"
+    assert "RunMissing" in dead_letters(tmp_path / "elsewhere")[0]["error"]
 
 
-OUTAGE_S = 2  # how long the server stays killed; starting it again takes 10 s or more on 2 busy cores
+def test_tracking__a_best_model_whose_checkpoint_moved_is_set_aside_and_the_search_still_ends(tmp_path,
+                                                                                              fast_delivery, caplog):
+    """Issue 21, reproduction 6: one bad call (a moved checkpoint) jammed every later one, and every --resume."""
+    uri, c, parent = sqlite_parent(tmp_path, "moved")
+    with caplog.at_level(logging.WARNING, logger="tuning"):
+        tracking.finish_parent(uri, parent, pd.DataFrame({"trial_id": []}), {"comparison.md": b"| a |"},
+                               Checkpoint(str(tmp_path / "moved_away")), folder=str(tmp_path / "experiment"))
+    run = c.get_run(parent)
+    assert run.info.status == "FINISHED" and "comparison.md" in [a.path for a in c.list_artifacts(parent)]
+    [dead] = dead_letters(tmp_path / "experiment")
+    assert dead["op"]["type"] == "LogBestModel" and "FileNotFoundError" in dead["error"]
+    assert any("set aside" in r.getMessage() and "--resume" in r.getMessage() and tracking.DEAD_LETTERS_DIR
+               in r.getMessage() for r in caplog.records)
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
+class Forbidden(http.server.BaseHTTPRequestHandler):
+    """A gateway in front of MLflow that refuses our (expired) token."""
+
+    def do_GET(self):
+        self.send_response(403)
+        self.end_headers()
+        self.wfile.write(b"Forbidden")
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
 
 
-def _kill_and_restart(server: MlflowServer, exp, seen: dict) -> None:
-    """Kill the server once a trial has reported and start it again OUTAGE_S later on the same port and store;
-    note the results Ray had written when it was killed and when it answered again."""
-    try:
-        deadline = time.time() + 120
-        while not trial_results(exp) and time.time() < deadline:
-            time.sleep(0.1)
-        server.stop()
-        seen["at_kill"] = trial_results(exp)
-        time.sleep(OUTAGE_S)
-        server.start()
-        seen["at_back"] = trial_results(exp)
-    except Exception as e:  # noqa: BLE001 - reported by the test's thread
-        seen["error"] = e
+@pytest.fixture
+def gateway():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
 
 
-def test_tracking__a_server_killed_mid_search_costs_no_trial_and_no_metric(ray_cluster, tmp_path, processes,
-                                                                           monkeypatch, caplog):
-    monkeypatch.setattr(tracking, "FLUSH_TIMEOUT_S", 90.0)  # a server that never comes back fails in time
-    (tmp_path / "mlflow").mkdir()
-    server = MlflowServer(tmp_path / "mlflow", processes).start()
-    exp, seen = tmp_path / "outage", {}
-    outage = threading.Thread(target=_kill_and_restart, args=(server, exp, seen), daemon=True)
-    outage.start()
-    with caplog.at_level(logging.INFO, logger="tuning.tracking"):
-        df, _ = run_search_cli(tmp_path, "--space", "smoke", "--name", "outage", "--num-samples", "2",
-                               "--scheduler", "fifo", "--mlflow-uri", server.uri, "--experiment", "outage")
-    outage.join(timeout=120)
-    assert "error" not in seen and server.healthy(), seen.get("error")
-    count = lambda results: sum(map(len, results.values()))  # noqa: E731
-    assert not all(rs[-1].get("done") for rs in seen["at_kill"].values()), "killed after the search"
-    assert count(seen["at_back"]) >= count(seen["at_kill"]) + 2, "Tune waited for MLflow: no results while it was away"
-    messages = [r.getMessage() for r in caplog.records]
-    assert len([m for m in messages if "does not answer" in m]) == 1  # one warning per outage, not one per call
-    assert len([m for m in messages if "answers again" in m]) == 1
-    assert df["error"].isna().all() and len(df) == 4
-    assert not (exp / tracking.PENDING_FILE).exists()
-
-    c = MlflowClient(server.uri)
-    runs = c.search_runs([c.get_experiment_by_name("outage").experiment_id], run_view_type=ViewType.ALL)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = {r.data.tags["trial_id"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    results = trial_results(exp)
-    assert len(children) == len(runs) - 1 and set(children) == set(results) == set(df["trial_id"])
-    for trial_id, reported in results.items():
-        run = children[trial_id]
-        assert run.info.status == "FINISHED" and run.info.lifecycle_stage == "active"
-        for key in tracking.EPOCH_METRICS:
-            expected = [(r["epoch"], r[key]) for r in reported if _finite(r.get(key))]
-            got = sorted((m.step, m.value) for m in c.get_metric_history(run.info.run_id, key))
-            assert got == expected, (trial_id, key)
-        assert len(c.get_metric_history(run.info.run_id, "train_time_s")) == len(reported)
+def test_tracking__a_forbidden_answer_keeps_every_call_for_later(tmp_path, fast_delivery, gateway):
+    """Issue 21, reproduction 7: a 401/403 from a gateway or an expired token dropped every call made meanwhile."""
+    uri, c, parent = sqlite_parent(tmp_path, "forbidden")
+    folder = storage.Folder(str(tmp_path / "experiment"))
+    refused = tracking.new_delivery(gateway)
+    refused.load(folder)
+    refused.put(SetTag(run=parent, key="note", value="kept"))
+    assert refused.finish(timeout=60) == 1 and refused.set_aside == 0
+    renewed = tracking.new_delivery(uri)  # the token renewed (here: the store itself)
+    renewed.load(folder)
+    assert renewed.finish(timeout=60) == 0
+    assert c.get_run(parent).data.tags["note"] == "kept"
 
 
-# --- MLflow 3 conventions: dataset inputs, the registered model, the experiment's kind, figures ------------
-
-def test_tracking__every_child_run_has_its_datasets_as_inputs(tracked_search):
-    _, _, c = tracked_search
-    _, children = _runs(c)
-    for r in children:
-        inputs = c.get_run(r.info.run_id).inputs.dataset_inputs
-        by_context = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i for i in inputs}
-        assert set(by_context) == {"training", "validation", "test"}
-        assert {i.dataset.name for i in inputs} == {"digits"}
-        training_tags = {t.key: t.value for t in by_context["training"].tags}
-        assert (training_tags["fraction"], training_tags["seed"]) == (r.data.params["fraction"], r.data.params["seed"])
-    seeds = {c.get_run(r.info.run_id).inputs.dataset_inputs[0].dataset.digest for r in children}
-    assert len(seeds) >= 2  # the two seeds train on different subsets... of the same images, told apart
-    found = c.search_runs([c.get_experiment_by_name("tracked").experiment_id], "dataset.context = 'test'")
-    assert len(found) == TRACKED_TRIALS  # the UI's dataset filters work
-
-
-def test_tracking__the_experiment_opens_as_model_training_and_the_search_prints_where(tracked_search):
-    _, out, c = tracked_search
-    exp = c.get_experiment_by_name("tracked")
-    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in out
-    parent = c.search_runs([exp.experiment_id], "attributes.run_name = 'tracked'")  # its parent, opened on its figures
-    assert f"/runs/{parent[0].info.run_id}/artifacts?workflowType=machine_learning" in out
+@pytest.mark.parametrize("error, outage", [
+    (RestException({"error_code": "PERMISSION_DENIED", "message": "token expired"}), True),
+    (RestException({"error_code": "UNAUTHENTICATED", "message": "who?"}), True),
+    (RestException({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "slow down"}), True),
+    (RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "database is down"}), True),
+    (RestException({"error_code": "INTERNAL_ERROR", "message": "the server failed"}), True),
+    (MlflowException("API request to http://h/api/2.0/mlflow/runs/get failed with exception refused"), True),
+    (requests.ConnectionError("refused"), True),
+    (requests.Timeout("slow"), True),
+    (RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad metric"}), False),
+    (RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such run"}), False),
+    (MlflowException("could not serialize the model"), False),  # raised here, not by a server
+    (FileNotFoundError("/checkpoints/engine.pt"), False),
+    (RunMissing("trial t has no run"), False),
+    (ValueError("bad"), False),
+])
+def test_tracking__outages_are_told_apart_from_a_call_s_own_errors(error, outage):
+    assert is_outage(error) is outage
 
 
-def test_tracking__the_registered_best_model_loads_and_reproduces_its_test_accuracy(tracked_search, mlflow_server):
-    import mlflow
-    import mlflow.pytorch
-    import torch
-
-    from trainable.data import to_input_shape
-    from trainable.datasets import load_dataset
-    df, _, c = tracked_search
-    parent, _ = _runs(c)
-    config = json.loads(Path(c.download_artifacts(parent[0].info.run_id, "best_model/config.json",
-                                                  tempfile.mkdtemp())).read_text())
-    mlflow.set_tracking_uri(mlflow_server)
-    model = mlflow.pytorch.load_model("models:/tracked-best/1").eval()
-    test = load_dataset("digits")
-    with torch.no_grad():
-        images = to_input_shape(test.test_images, model.image_size).float() / 255
-        acc = (model(images).argmax(-1) == test.test_labels).float().mean().item()
-    best = df[(df["method"] == "mixtraining") & (df["seed"] == config["seed"]) & (df["alpha"] == config["alpha"])
-              & (df["rho"] == config["rho"])]
-    assert len(best) == 1 and acc == pytest.approx(best["test_acc"].iloc[0], abs=1e-9)
-
-
-def test_tracking__parameter_studies_on_the_parent_have_a_point_per_value_tried(tracked_search):
-    df, _, c = tracked_search
-    parent, _ = _runs(c)
-    pid = parent[0].info.run_id
-    arts = set(_artifacts(c, pid))
-    assert {"parameter_study/alpha.png", "parameter_study/rho.png", "parameter_study/epochs.png",
-            "parameter_study/importances.png", "parameter_study/importances.json"} <= arts
-    mix = df[(df["method"] == "mixtraining") & df["completed"]]
-    for param in ("alpha", "rho"):
-        study = pd.read_csv(c.download_artifacts(pid, f"parameter_study/{param}.csv", tempfile.mkdtemp()))
-        assert sorted(study[param]) == sorted(mix[param].unique())  # one point per value tried
-
-
-def test_tracking__system_metrics_per_epoch_on_every_child(tracked_search):
-    _, _, c = tracked_search
-    _, children = _runs(c)
-    for r in children:
-        history = c.get_metric_history(r.info.run_id, "sys_rss_mb")
-        assert history and all(m.value > 10 for m in history)  # a trial process uses more than 10 MB
+def test_tracking__a_password_in_the_tracking_uri_reaches_no_log_and_no_journal(tmp_path, fast_delivery, caplog):
+    uri = f"http://alice:SECRET@127.0.0.1:{free_port()}/?token=TOKEN"  # nothing listens there
+    with caplog.at_level(logging.INFO, logger="tuning"):
+        tracking.finish_parent(uri, "r1", pd.DataFrame({"trial_id": []}), {}, None, folder=str(tmp_path / "exp"))
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "does not answer" in text and "alice:***@" in text and "SECRET" not in text and "TOKEN" not in text
+    journal = "".join(f.read_text() for f in (tmp_path / "exp").rglob("*.jsonl"))
+    assert "SetStatus" in journal and "SECRET" not in journal

@@ -3,6 +3,7 @@ import logging
 import re
 
 import pytest
+import torch
 
 from trainable import train
 from trainable.engine import Engine
@@ -56,6 +57,60 @@ def test_train__a_checkpoint_of_another_config_is_refused_with_a_message(tmp_pat
     assert train.main([*TEST, "--epochs", "1", "--alpha", "0.9", "--checkpoint", ckpt]) == 2
     err = capsys.readouterr().err
     assert "was trained with a different config: fields ['alpha'] differ" in err and "Traceback" not in err
+
+
+def _never_trains(monkeypatch):
+    def refuse(self):
+        raise AssertionError("an epoch trained before the checkpoint was checked")
+    monkeypatch.setattr(Engine, "run_epoch", refuse)
+
+
+def _single_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err
+
+
+def test_train__a_checkpoint_in_a_missing_folder_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    _never_trains(monkeypatch)
+    missing = tmp_path / "no" / "such" / "folder"
+    assert train.main([*TEST, "--epochs", "1", "--checkpoint", str(missing / "run.pt")]) == 2
+    err = _single_error_line(capsys)
+    assert err.startswith(f"error: --checkpoint {missing / 'run.pt'}: {missing} does not exist; create the folder")
+    (tmp_path / "file").write_text("")
+    assert train.main([*TEST, "--epochs", "1", "--checkpoint", str(tmp_path / "file" / "run.pt")]) == 2
+    assert "is not a folder" in _single_error_line(capsys)
+
+
+def test_train__an_unwritable_checkpoint_folder_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    _never_trains(monkeypatch)
+    real_open = open
+
+    def read_only_folder(file, mode="r", *args, **kwargs):  # tests run as root, whom chmod does not stop
+        if str(file).startswith(str(tmp_path)) and "w" in mode:
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", read_only_folder)
+    assert train.main([*TEST, "--epochs", "1", "--checkpoint", str(tmp_path / "run.pt")]) == 2
+    assert f"cannot write in {tmp_path} (Permission denied)" in _single_error_line(capsys)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "truncated", "another object"])
+def test_train__an_unreadable_checkpoint_is_refused_with_one_line(tmp_path, monkeypatch, capsys, content):
+    ckpt = tmp_path / "run.pt"
+    if content == "truncated":  # a real checkpoint cut short, as a full disk leaves one
+        assert train.main([*TEST, "--epochs", "1", "--checkpoint", str(ckpt)]) == 0
+        ckpt.write_bytes(ckpt.read_bytes()[:2000])
+    elif content == "another object":
+        torch.save({"weights": torch.zeros(3)}, ckpt)
+    else:
+        ckpt.write_bytes(content)
+    capsys.readouterr()
+    _never_trains(monkeypatch)
+    assert train.main([*TEST, "--epochs", "1", "--checkpoint", str(ckpt)]) == 2
+    err = _single_error_line(capsys)
+    assert err.startswith(f"error: --checkpoint {ckpt}: ") and "delete it to start afresh" in err
 
 
 @pytest.mark.parametrize("argv, code, message", [

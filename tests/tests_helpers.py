@@ -9,8 +9,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tuning import search
-
 TINY = ["--dataset", "digits", "--model", "test", "--verbose", "0", "--cpus-per-trial", "1"]
 REPO = Path(__file__).resolve().parent.parent  # where `python -m tuning...` finds the package
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # for processes that must not see a GPU, whatever the machine has
@@ -18,10 +16,11 @@ NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # for processes that must not see a GPU, 
 
 def run_search_cli(tmp_path, *argv):
     """Run tuning/search.py in this process (on the session's Ray); returns (trial rows, printed summary)."""
+    from tuning import driver, search  # here: conftest imports this module, and the fast tests need no driver
     parser = search.build_parser()
     args = parser.parse_args([*TINY, "--storage-path", str(tmp_path), *argv])
     search.validate(args, parser)
-    outcome = search.run(args)
+    outcome = driver.run(args)
     return outcome.df, search.render(outcome)
 
 

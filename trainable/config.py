@@ -258,7 +258,7 @@ class OptimSettings(NamedTuple):
     total_epochs: int
 
 
-def optim_settings(cfg: MixConfig, kind: str) -> OptimSettings:
+def optim_settings(cfg: MixConfig, kind: str, phases: PhasePlan | None = None) -> OptimSettings:
     """AdamW settings of the SSL or SL optimiser (Table 7; App. A.3 for TinyImageNet).
 
     The SSL schedule spans e_ssl epochs and the SL schedule e_sl epochs; the mix phase is the
@@ -268,6 +268,7 @@ def optim_settings(cfg: MixConfig, kind: str) -> OptimSettings:
       case with no overlap. The SSL-only phase then depends on SSL settings alone.
     - "ssl": the mix phase continues the SSL optimiser and schedule (its last e_mix epochs),
       and the SL schedule starts at SL epoch e_mix.
+    phases: the config's plan (`plan(cfg)`) when the caller has it already.
     """
     if kind not in ("ssl", "sl"):
         raise ValueError(f"kind: expected 'ssl' or 'sl', got {kind!r}")
@@ -276,7 +277,7 @@ def optim_settings(cfg: MixConfig, kind: str) -> OptimSettings:
     tin = "tinyimagenet" in trained_on
     given = [getattr(cfg, f"{kind}_{name}") for name in ("lr", "beta2", "weight_decay")]
     lr, beta2, wd = (v if v is not None else d for v, d in zip(given, _OPTIM_DEFAULTS[kind, tin]))
-    p = plan(cfg)
+    p = phases if phases is not None else plan(cfg)
     epochs = p.ssl + p.mix if kind == "ssl" else p.mix + p.sl
     warmup = cfg.ssl_warmup if kind == "ssl" else cfg.sl_warmup
     # MAE's rule: lr = base_lr * batch_size / 256
@@ -324,12 +325,14 @@ class Resolved:
 
 
 def resolve(cfg: MixConfig) -> Resolved:
+    """Every value derived from `cfg`, each computed once (the plan feeds both optimisers' schedules)."""
     device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
     on = lambda switch: switch == "on" or (switch == "auto" and cuda)  # noqa: E731
-    name = model_name(cfg)
-    return Resolved(cfg, plan(cfg), name, MODEL_CONFIGS[name], device, optim_settings(cfg, "ssl"),
-                    optim_settings(cfg, "sl"), on(cfg.amp), on(cfg.compile), on(cfg.fused_adamw), cfg.sdpa == "on")
+    name, phases = model_name(cfg), plan(cfg)
+    return Resolved(cfg, phases, name, MODEL_CONFIGS[name], device, optim_settings(cfg, "ssl", phases),
+                    optim_settings(cfg, "sl", phases), on(cfg.amp), on(cfg.compile), on(cfg.fused_adamw),
+                    cfg.sdpa == "on")
 
 
 def _is_number(value) -> bool:

@@ -1,4 +1,4 @@
-"""The MixTraining engine: one generic epoch loop and one step function per phase.
+"""The MixTraining engine: one generic epoch loop over the step functions of `trainable.steps`.
 
 `Engine(cfg).run_epoch()` trains one epoch of the phase plan (Algorithm 1) and returns a flat
 metrics dict; `state_dict()` / `load_state_dict()` resume exactly. The Ray Trainable and the
@@ -11,7 +11,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
 
 import torch
 from timm.optim import param_groups_weight_decay
@@ -20,9 +20,9 @@ from trainable import datasets
 from trainable.config import MixConfig, Resolved, resolve, trajectory_fields
 from trainable.cost import step_flops
 from trainable.data import TrainingData, build_training_data, generator, normalize, stream_seed
-from trainable.losses import mae_loss, mixed_loss, sl_loss
-from trainable.models import Classifier, MixViT, select_tokens
+from trainable.models import Classifier, MixViT
 from trainable.schedule import MIX, SL, SSL, lr_at
+from trainable.steps import batch_images, phase_step
 
 log = logging.getLogger(__name__)
 
@@ -32,80 +32,6 @@ NO_WEIGHT_DECAY = ("encoder.pos_embed", "encoder.cls_token", "decoder_pos_embed"
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; training cannot continue meaningfully."""
-
-
-# --- step functions -------------------------------------------------------------------------------
-
-class StepResult(NamedTuple):
-    loss: torch.Tensor  # to back-propagate
-    parts: dict[str, torch.Tensor]  # detached losses to report (loss_ssl, loss_sl)
-
-
-def ssl_step(model: MixViT, x: torch.Tensor, mask_ratio: float, gen: torch.Generator) -> StepResult:
-    """Vanilla MAE: the encoder sees only the visible (1 - mask_ratio) of the patches.
-
-    x: (B, C, H, W) normalised images.
-    """
-    ids_keep, mask, ids_restore = model.random_masking(
-        x.shape[0], model.cfg.num_patches, mask_ratio, gen, x.device)
-    tokens = model.forward_encoder(x, ids_keep)
-    pred = model.forward_decoder(tokens, ids_restore)
-    loss = mae_loss(pred, model.patchify(x), mask)
-    return StepResult(loss, {"loss_ssl": loss.detach()})
-
-
-def sl_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor]) -> StepResult:
-    """Supervised step on all tokens. x: (B, C, H, W); labels: one (B_t,) tensor per task, in batch order."""
-    tokens = model.forward_encoder(x)
-    loss = sl_loss(model.forward_heads(tokens, [len(y) for y in labels]), labels)
-    return StepResult(loss, {"loss_sl": loss.detach()})
-
-
-def mix_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor], alpha: float,
-             mask_ratio: float, gen: torch.Generator) -> StepResult:
-    """Merged mix step (Sec. 2.2.1, App. A.2): ONE encoder pass over all tokens.
-
-    The heads read the full features; a random (1 - mask_ratio) of the encoder's output patch
-    tokens go to the decoder, which reconstructs the masked patches. One loss, one backward.
-    """
-    tokens = model.forward_encoder(x)
-    l_sl = sl_loss(model.forward_heads(tokens, [len(y) for y in labels]), labels)
-    ids_keep, mask, ids_restore = model.random_masking(
-        x.shape[0], model.cfg.num_patches, mask_ratio, gen, x.device)
-    pred = model.forward_decoder(select_tokens(tokens, ids_keep), ids_restore)
-    l_ssl = mae_loss(pred, model.patchify(x), mask)
-    parts = {"loss_ssl": l_ssl.detach(), "loss_sl": l_sl.detach()}
-    return StepResult(mixed_loss(l_ssl, l_sl, alpha), parts)
-
-
-def separate_mix_step(model: MixViT, x: torch.Tensor, labels: list[torch.Tensor], alpha: float,
-                      mask_ratio: float, gen: torch.Generator) -> StepResult:
-    """Ablation of the merge: a true MAE pass and an SL pass on the same batch, same weighting."""
-    l_ssl = ssl_step(model, x, mask_ratio, gen).loss
-    l_sl = sl_step(model, x, labels).loss
-    parts = {"loss_ssl": l_ssl.detach(), "loss_sl": l_sl.detach()}
-    return StepResult(mixed_loss(l_ssl, l_sl, alpha), parts)
-
-
-def phase_step(phase: str, model: MixViT, data: TrainingData, cfg: MixConfig) -> Callable[[Any, torch.Generator],
-                                                                                         StepResult]:
-    """The step of a phase as a function of (index batch, generator): input preparation and step."""
-    if phase == SSL:
-        return lambda idx, gen: ssl_step(model, data.ssl_input(idx, gen), cfg.mask_ratio, gen)
-    if phase == SL:
-        return lambda idxs, gen: sl_step(model, *data.sl_input(idxs, gen))
-    step = mix_step if cfg.mix_step == "merged" else separate_mix_step
-
-    def mix(idxs: list[torch.Tensor], gen: torch.Generator) -> StepResult:
-        x, ys = data.sl_input(idxs, gen)
-        if not data.ssl_is_sl:
-            x = data.mix_images(x, cfg.lam, gen)
-        return step(model, x, ys, cfg.alpha, cfg.mask_ratio, gen)
-    return mix
-
-
-def batch_images(batch: torch.Tensor | list[torch.Tensor]) -> int:
-    return len(batch) if isinstance(batch, torch.Tensor) else sum(len(b) for b in batch)
 
 
 # --- the engine ---------------------------------------------------------------------------------
@@ -326,7 +252,7 @@ class Engine:
         image and step kind, `trainable.cost`), images per kind, and, with the search's calibration, the
         time they take on one slot alone."""
         classes = tuple(t.num_classes for t in self.data.tasks)
-        flops = sum(n * step_flops(self.model_cfg, classes, kind, self.cfg.mix_step)
+        flops = sum(n * step_flops(self.model_cfg, classes, kind, self.cfg.mix_step, self.cfg.mask_ratio)
                     for kind, n in self.images.items() if n)
         out = {"compute_tflop": flops / 1e12, **{f"images_{k}": n for k, n in self.images.items()}}
         if self.step_seconds:

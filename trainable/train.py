@@ -29,10 +29,48 @@ def format_epoch(m: dict, total: int) -> str:
     return "  ".join(parts)
 
 
+class CheckpointError(ValueError):
+    """--checkpoint names a file that cannot be written or read; the message says what to do."""
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_suffix(path.suffix + ".tmp")
+
+
 def save_atomic(state: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = _tmp_path(path)
     torch.save(state, tmp)
     os.replace(tmp, path)  # a crash mid-save never leaves a truncated checkpoint
+
+
+def check_writable(path: Path) -> None:
+    """Checked before anything trains: otherwise the first epoch's work is lost when it is first saved."""
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise CheckpointError(f"--checkpoint {path}: {folder} {what}; create the folder (mkdir -p {folder}) "
+                              f"or give a path in an existing one")
+    try:  # the save's own temporary file, written and removed: what a save will do, whoever runs this
+        with open(_tmp_path(path), "wb"):
+            pass
+        os.remove(_tmp_path(path))
+    except OSError as e:
+        raise CheckpointError(f"--checkpoint {path}: cannot write in {folder} ({e.strerror}); "
+                              f"give a path in a folder you can write to") from e
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The state a checkpoint holds; CheckpointError when the file is not a whole checkpoint of this command."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # torch.load fails in many ways on a bad file (zip, pickle, EOF): all mean unusable
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"--checkpoint {path}: cannot be read ({reason}); it is corrupt or not a "
+                              f"checkpoint of this command: delete it to start afresh, or give another path") from e
+    if not isinstance(state, dict) or not {"config", "model", "epoch"} <= set(state):
+        raise CheckpointError(f"--checkpoint {path}: not a checkpoint of this command (no config, model and epoch); "
+                              f"delete it to start afresh, or give another path")
+    return state
 
 
 def checkpoint_path(text: str) -> Path:
@@ -70,11 +108,19 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Mi
         parser.error(config_error_message(e))
 
 
-def resume(engine: Engine, checkpoint: Path | None) -> None:
-    """Continue from `checkpoint` when it exists; ValueError when it holds another config's run."""
-    if checkpoint and checkpoint.exists():
-        engine.load_state_dict(torch.load(checkpoint, weights_only=True, map_location=engine.device))
-        log.info("resumed from %s after epoch %d", checkpoint, engine.epoch)
+def checked_checkpoint(checkpoint: Path | None) -> dict | None:
+    """Before the data loads or anything trains: the checkpoint's folder takes files, and the checkpoint, when
+    there is one, loads. Its state (None when there is none yet); CheckpointError naming the flag otherwise."""
+    if checkpoint is None:
+        return None
+    check_writable(checkpoint)
+    return read_checkpoint(checkpoint) if checkpoint.exists() else None
+
+
+def resume(engine: Engine, state: dict, checkpoint: Path) -> None:
+    """Continue from a checkpoint's `state`; ValueError when it holds another config's run."""
+    engine.load_state_dict(state)
+    log.info("resumed from %s after epoch %d", checkpoint, engine.epoch)
 
 
 def train_to_end(engine: Engine, checkpoint: Path | None) -> int:
@@ -109,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = config_from(args, parser)
     try:
+        state = checked_checkpoint(args.checkpoint)
         engine = Engine(resolve(cfg))
-        resume(engine, args.checkpoint)
-    except (MissingDataError, ValueError) as e:
+        if state is not None:
+            resume(engine, state, args.checkpoint)
+    except (MissingDataError, ValueError) as e:  # CheckpointError and ConfigError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     return train_to_end(engine, args.checkpoint)

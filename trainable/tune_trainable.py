@@ -1,8 +1,10 @@
 """Ray Tune class-API Trainable around the engine: one `step()` is one engine epoch.
 
-The trial config (over the search's shared `base`) is a dict of `MixConfig` fields plus
-bookkeeping keys that start with an underscore (ignored by the engine). Checkpoints hold the
-engine's full state and load with `torch.load(..., weights_only=True)`.
+A trial's config (over the search's shared `base`) is a dict of `MixConfig` fields plus the
+searcher's bookkeeping keys, which start with an underscore (ignored by the engine). What the
+search tells every trial besides the config (threads, GPU share, the SSL-prefix store, the step
+costs) is one typed `TrialSettings`. Checkpoints hold the engine's full state and load with
+`torch.load(..., weights_only=True)`.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,6 +22,7 @@ from trainable.config import DATA, MixConfig, Resolved, resolve
 from trainable.cost import calibrate
 from trainable.data import TrainingData
 from trainable.datasets import ImageSet
+from trainable import faults
 from trainable.engine import Engine, load_training_data
 from trainable.prefix_store import PrefixStore, prefix_key
 from trainable.sysmetrics import SystemMetrics
@@ -30,6 +34,22 @@ RECONSTRUCTION_FILE = "reconstruction.pt"
 PBT_MUTABLE = ("alpha", "lam")  # the fields population-based training may change during a trial
 CPU_DATA_CACHE_BYTES = 4 * 2**30
 GPU_DATA_CACHE_SHARE = 0.25  # of the GPU memory this trial's share (--gpus-per-trial) of the device holds
+PREFIX_STORE_BYTES = 20 * 2**30  # the SSL-prefix store's default bound (--prefix-store-gb 20)
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What a search tells each of its trials besides the config: the same for every trial of the search."""
+    threads: int = 1  # torch intra-op threads (the trial's CPUs)
+    gpu_share: float = 0.0  # the trial's share of one GPU (--gpus-per-trial), for the data cache's bound
+    epoch_scale: float = 1.0  # --epoch-scale, recorded with the trial's results
+    pbt: bool = False  # checkpoints may come from a population member with another alpha / lam
+    system_metrics: bool = False  # CPU, memory and GPU use per epoch
+    prefix_store: str | None = None  # the SSL-prefix store's folder (None: no sharing)
+    prefix_max_bytes: int = PREFIX_STORE_BYTES
+    prefix_also: tuple[str, ...] = ()  # stores read but never written (an earlier search's, --warm-start)
+    step_seconds: dict[str, float] | None = None  # seconds per image of each step kind, measured alone
+    dataset_digests: dict[str, dict] | None = field(default=None, compare=False)  # for MLflow's dataset inputs
 
 
 class DataCache:
@@ -63,11 +83,11 @@ def data_cache_bytes(device: torch.device, gpu_share: float) -> int:
     return int(GPU_DATA_CACHE_SHARE * total * min(1.0, gpu_share or 1.0))
 
 
-def measure_step_seconds(base: dict[str, Any], loaded: dict[str, ImageSet] | None = None) -> dict[str, float]:
+def measure_step_seconds(base: dict[str, Any], loaded: dict[str, ImageSet] | None = None,
+                         threads: int = 1) -> dict[str, float]:
     """Seconds per image of each step kind for the search's model and data, on this worker's device, with
     nothing else running (the search runs it as a Ray task on one trial's resources before any trial)."""
-    if base.get("_threads"):
-        torch.set_num_threads(int(base["_threads"]))
+    torch.set_num_threads(threads)
     run = resolve(MixConfig.from_trial({**base, "method": "mixtraining"}))
     return calibrate(Engine(run, data=load_training_data(run, loaded)))
 
@@ -76,25 +96,25 @@ class MixTrainable(tune.Trainable):
     """base: the config fields every trial of a search shares (`tune.with_parameters`), so a
     trial's own config holds only what varies and Ray's progress output stays readable.
     loaded: datasets by name, decoded once by the driver and passed the same way, so trial
-    processes map them from the node's object store instead of reading them from disk."""
+    processes map them from the node's object store instead of reading them from disk.
+    settings: what the search tells every trial besides the config."""
 
     def setup(self, config: dict[str, Any], base: dict[str, Any] | None = None,
-              loaded: dict[str, ImageSet] | None = None) -> None:
-        full = {**(base or {}), **config}
-        if full.get("_threads"):
-            torch.set_num_threads(int(full["_threads"]))
-        self.run = resolve(MixConfig.from_trial(full))
-        self.mutable = PBT_MUTABLE if full.get("_pbt") else ()
-        self.system = SystemMetrics(self.run.device) if full.get("_system_metrics") else None
-        budget = data_cache_bytes(self.run.device, float(full.get("_gpu_share", 0)))
+              loaded: dict[str, ImageSet] | None = None, settings: TrialSettings | None = None) -> None:
+        settings = settings or TrialSettings()
+        self.full = {**(base or {}), **config}
+        torch.set_num_threads(settings.threads)
+        self.run = resolve(MixConfig.from_trial(self.full))
+        self.mutable = PBT_MUTABLE if settings.pbt else ()
+        self.system = SystemMetrics(self.run.device) if settings.system_metrics else None
+        budget = data_cache_bytes(self.run.device, settings.gpu_share)
         self.engine = Engine(self.run, data=_DATA_CACHE.get(self.run, loaded, budget),
-                             step_seconds=full.get("_step_seconds"))
-        # SSL-prefix sharing (switched on by the search with `_prefix_store`): start from the
+                             step_seconds=settings.step_seconds)
+        # SSL-prefix sharing (switched on by the search with a prefix store): start from the
         # longest stored prefix this trial's SSL-only phase can use.
         self.store = None
-        if full.get("_prefix_store") and self.run.plan.ssl > 0:
-            self.store = PrefixStore(full["_prefix_store"], int(full.get("_prefix_max_bytes", 20 * 2**30)),
-                                     also=full.get("_prefix_also", ()))
+        if settings.prefix_store and self.run.plan.ssl > 0:
+            self.store = PrefixStore(settings.prefix_store, settings.prefix_max_bytes, also=settings.prefix_also)
             self.prefix_key = prefix_key(self.run, self.run.device.type)
             self.prefix_every = max(1, self.run.cfg.e_ssl // 4)
             state = self.store.load_longest(self.prefix_key, self.run.plan.ssl, self.run.device)
@@ -102,6 +122,7 @@ class MixTrainable(tune.Trainable):
                 self.engine.load_ssl_prefix(state)
 
     def step(self) -> dict[str, Any]:
+        faults.check(self.full, self.engine.epoch + 1)  # a test's injected failure (MIXTUNE_FAULT_FILE)
         m = self.engine.run_epoch()
         e, p = self.engine.epoch, self.run.plan
         if self.store and m["phase"] == "ssl" and (e % self.prefix_every == 0 or e == p.ssl):
@@ -143,6 +164,6 @@ class MixTrainable(tune.Trainable):
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # A reused actor starts the new trial from scratch; the data cache makes this cheap.
-        self.setup(new_config)  # with_parameters wraps setup and passes `base` and `loaded` again
+        self.setup(new_config)  # with_parameters wraps setup and passes `base`, `loaded` and `settings` again
         self.config = new_config
         return True

@@ -10,10 +10,18 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+import yaml
+
 log = logging.getLogger(__name__)
+
+
+class NoNode(Exception):
+    """No node the cluster has or may get can hold one trial; the message says what to change."""
 
 LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` puts the config on the head
 
@@ -129,7 +137,6 @@ def autoscaling_config_path(gcs_address: str, proc: str | Path = "/proc",
 def launchable_node_types(gcs_address: str) -> list[NodeType]:
     """The node types the autoscaler of this cluster may add; none when it has no autoscaler or its config
     cannot be read (then only the alive nodes count, as on a fixed cluster)."""
-    import yaml
     path = autoscaling_config_path(gcs_address)
     if path is None:
         return []
@@ -140,3 +147,67 @@ def launchable_node_types(gcs_address: str) -> list[NodeType]:
         return []
     log.debug("autoscaling config %s: node types %s", path, types)
     return types
+
+
+# --- the cluster this process joined: what it can run, waiting for it --------------------------------
+
+def alive_resources() -> list[dict]:
+    """The resources of each alive node of the cluster this process joined."""
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def trials_per_node(resources: dict, cpus: float, gpus: float) -> int:
+    """Trials of `cpus` CPUs and `gpus` GPUs that one node with these resources runs at once."""
+    fits = [resources.get("CPU", 0) / cpus] + ([resources.get("GPU", 0) / gpus] if gpus else [])
+    return math.floor(min(fits) + 1e-9)
+
+
+def slot_capacity(cpus: float, gpus: float) -> int:
+    """Trials that the alive nodes and the nodes the autoscaler may add can run at once (at least 1)."""
+    alive = sum(trials_per_node(r, cpus, gpus) for r in alive_resources())
+    launchable = sum(min(t.max_workers, 1000) * trials_per_node(t.resources, cpus, gpus)
+                     for t in launchable_node_types(ray.get_runtime_context().gcs_address))
+    return max(1, alive + int(launchable))
+
+
+def check_resources(cpus: float, gpus: float, wait_s: float = 0.0) -> None:
+    """Fail at once when nothing the cluster has or may get can hold one trial, instead of trials PENDING
+    forever. A node type its autoscaler can add is enough: Tune's pending trials are the demand that
+    starts it (a GPU cluster scales up from zero workers). When neither can, wait up to wait_s for nodes
+    the user starts by hand (--wait-for-nodes). NoNode says why none can."""
+    address = ray.get_runtime_context().gcs_address
+    types = launchable_node_types(address)
+    alive = alive_resources()
+    verdict, fitting = decide(cpus, gpus, alive, types, wait_s)
+    if verdict == AUTOSCALE:
+        log.info("waiting for a %s to join; the autoscaler starts it", " or a ".join(t.describe() for t in fitting))
+    elif verdict == WAIT:
+        wait_for_nodes(cpus, gpus, wait_s, address, types)
+    elif verdict == IMPOSSIBLE:
+        raise NoNode(no_node_message(cpus, gpus, alive, types))
+
+
+def wait_for_nodes(cpus: float, gpus: float, wait_s: float, address: str, types: list, poll_s: float = 1.0) -> None:
+    """Poll the alive nodes until one can hold a trial (--wait-for-nodes): the search may be started before
+    the worker nodes its user starts by hand. NoNode when none has joined after wait_s."""
+    log.info("waiting up to %g s for a node that can run a trial needing %g CPU and %g GPU; start one with: "
+             "ray start --address=%s", wait_s, cpus, gpus, address)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        joined = [r for r in alive_resources() if can_hold(r, cpus, gpus)]
+        if joined:
+            log.info("a node with %s joined; starting the search", resources_text(joined[0]))
+            return
+    raise NoNode(no_node_message(cpus, gpus, alive_resources(), types, waited_s=wait_s))
+
+
+def no_node_message(cpus: float, gpus: float, alive: list[dict], types: list, waited_s: float = 0.0) -> str:
+    """Why no trial can run: what it needs, what the nodes (and the autoscaler's node types) have, and the fix."""
+    have = "; ".join(resources_text(r) for r in alive) or "no nodes"
+    if types:
+        have += "; the autoscaler can add: " + ", ".join(t.describe() for t in types)
+    waited = f" and none that can joined within --wait-for-nodes {waited_s:g} s" if waited_s else ""
+    no_gpu = gpus and not any(r.get("GPU") for r in [*alive, *(t.resources for t in types)])
+    return (f"no node can run a trial needing {cpus:g} CPU and {gpus:g} GPU (nodes have: {have}){waited}. "
+            f"Lower --cpus-per-trial / --gpus-per-trial" + (" (no GPU here: use --gpus-per-trial 0)" if no_gpu else ""))

@@ -1,20 +1,27 @@
 """Figures for the tracker and reports: reconstructions (Fig. 4) and accuracy vs compute and time (Fig. 1)."""
 from __future__ import annotations
 
+import io
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on trial machines
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tuning.summary import COMPARISON_KEYS, CONFIG_KEYS, METHOD_NAMES, pareto_mask  # noqa: E402
+from tuning.studies import configurations, param_importances, parameter_study, pareto_mask  # noqa: E402
+from tuning.summary import (METHOD_NAMES, comparison_keys, config_keys, format_paired, format_table,  # noqa: E402
+                            paired_stats)
 
 COLORS = {"sl": "tab:gray", "ssl_sl": "tab:blue", "mixtraining": "tab:red"}
+# The entries `report_files` writes into an experiment folder (files, and one folder).
+REPORT_ENTRIES = ("comparison.csv", "comparison.md", "paired.csv", "configurations.csv", "accuracy_vs_cost.png",
+                  "parameter_study")
 
 
 def png(fig) -> bytes:
     """A figure as PNG bytes, closed."""
-    import io
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
@@ -43,9 +50,10 @@ def accuracy_vs_cost_figure(df: pd.DataFrame, acc: str = "test_acc"):
     completed runs cover, with the standard deviation as error bars; MixTraining's configurations
     joined by their Pareto front (accuracy up, cost down).
     """
+    config = config_keys(df)
     fin = df[df["completed"] & df[acc].notna()]
-    keys = [k for k in COMPARISON_KEYS if k in fin.columns]
-    points = fin.groupby(["method", *keys, *CONFIG_KEYS], dropna=False).agg(
+    keys = comparison_keys(fin, config)
+    points = fin.groupby(["method", *keys, *config], dropna=False).agg(
         acc=(acc, "mean"), acc_std=(acc, "std"), compute=("compute_tflop", "mean"),
         time=("calibrated_time_s", "mean")).reset_index()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
@@ -133,20 +141,28 @@ def report_files(df: pd.DataFrame, table: pd.DataFrame) -> dict[str, bytes]:
     """The search's report by file name, each made once: the comparison (CSV, Markdown with the paired
     statistics), the paired statistics (CSV), Fig. 1, and the parameter studies (accuracy against alpha,
     rho and the epoch budget, the paper's Tables 4-6, as CSV and plots) with the hyperparameter importances.
-    Written to the experiment folder and logged on the MLflow parent run; `tuning/report.py` writes it too."""
-    import json
-
-    from tuning.summary import format_paired, format_table, paired_stats, param_importances, parameter_study
+    Written to the experiment folder and logged on the MLflow parent run; `tuning/report.py` writes it too.
+    The parameter studies cover each numeric configuration key that varied (alpha, rho, and any field the space
+    searched)."""
     if table.empty:
         return {"accuracy_vs_cost.png": png(accuracy_vs_cost_figure(df))}
     paired, importances = paired_stats(df), param_importances(df)
     files = {"comparison.csv": table.to_csv(index=False), "paired.csv": paired.to_csv(index=False),
+             "configurations.csv": configurations(df).to_csv(index=False),
              "comparison.md": format_table(table) + "\n\n" + format_paired(paired) + "\n",
              "parameter_study/importances.json": json.dumps(importances, indent=1)}
     figures = {"accuracy_vs_cost.png": accuracy_vs_cost_figure(df), "parameter_study/epochs.png": budget_figure(table),
                "parameter_study/importances.png": importance_figure(importances)}
-    for p in ("alpha", "rho"):
+    for p in studied_params(df):
         study = parameter_study(df, p)
         files[f"parameter_study/{p}.csv"] = study.to_csv(index=False)
         figures[f"parameter_study/{p}.png"] = parameter_study_figure(study, p)
     return {**{k: v.encode() for k, v in files.items()}, **{k: png(fig) for k, fig in figures.items()}}
+
+
+def studied_params(df: pd.DataFrame) -> list[str]:
+    """The numeric configuration keys worth a parameter study: alpha and rho always (the paper's Tables 4-5), and
+    any other that took more than one value among the MixTraining runs."""
+    mix = df[df["method"] == "mixtraining"]
+    return ["alpha", "rho"] + [k for k in config_keys(df) if k not in ("alpha", "rho", "lam") and k in mix
+                               and pd.api.types.is_numeric_dtype(mix[k]) and mix[k].nunique() > 1]

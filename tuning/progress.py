@@ -3,15 +3,16 @@
 `estimate` counts the trials and, from the datasets' sizes, the images each step kind will train
 on; with the per-image costs measured at the start (`trainable.cost.calibrate`) that gives an
 estimated wall time on the slots the cluster has. `Progress` is a Ray Tune callback that prints the
-search's completed share and a remaining-time estimate every so often, next to Ray's own table.
+search's state on one line: in place on a terminal, a line now and then in a log.
 """
 from __future__ import annotations
 
 import logging
-import math
+import random
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TextIO
 
 from ray import tune
 from ray.tune.search.sample import Domain
@@ -57,7 +58,6 @@ def _points(space: dict[str, Any], n: int = 64) -> list[dict[str, Any]]:
     try:
         return grid(space)
     except ValueError:
-        import random
         rng = random.Random(0)
         return [{k: (v.sample(random_state=rng.randint(0, 2**31)) if isinstance(v, Domain) else v)
                  for k, v in space.items()} for _ in range(n)]
@@ -83,18 +83,6 @@ def estimate(searcher, space: dict[str, Any], loaded: dict, base: dict) -> Estim
             est.add(plan, *images(fraction), count=left * searcher.seeds / len(points))
     est.trials = round(est.trials)
     return est
-
-
-def trials_per_node(resources: dict, cpus: float, gpus: float) -> int:
-    """Trials of `cpus` CPUs and `gpus` GPUs that one node with these resources runs at once."""
-    fits = [resources.get("CPU", 0) / cpus] + ([resources.get("GPU", 0) / gpus] if gpus else [])
-    return math.floor(min(fits) + 1e-9)
-
-
-def slots_available(cpus: float, gpus: float) -> int:
-    """Trials the alive nodes can run at once."""
-    import ray
-    return sum(trials_per_node(n["Resources"], cpus, gpus) for n in ray.nodes() if n.get("Alive"))
 
 
 def describe(est: Estimate, step_seconds: dict[str, float], slots: int, early_stopping: bool) -> str:
@@ -126,37 +114,101 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-class Progress(tune.Callback):
-    """Every `every` seconds: the share of the planned epochs done, trials finished, and the time left."""
+class Line:
+    """One status line: rewritten in place on a terminal, a new line at most every `log_every` s in a log
+    (`ray job logs --follow`, a file), so a long search leaves a readable trail either way."""
 
-    def __init__(self, planned_epochs: float, every: float = 30.0):
-        self.planned, self.every = max(1.0, planned_epochs), every
-        self.done: dict[str, int] = {}  # trial -> epochs reported
-        self.cut = 0.0  # epochs that stopped trials will not train
-        self.finished = 0
-        self.start = self.last = None
+    def __init__(self, stream: TextIO | None = None, tty_every: float = 0.5, log_every: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self._stream, self.clock = stream, clock  # None: whatever sys.stderr is when a line is written
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = tty_every if self.tty else log_every
+        self.last: float | None = None
+        self.shown = ""
 
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self.done[trial.trial_id] = int(result.get("epoch", 0))
-        self._maybe_report()
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stderr
 
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.finished += 1
-        last = trial.last_result or {}
-        if not last.get("completed"):  # stopped early: the rest of its plan will not run
-            total = method_plan(trial.config["method"], trial.config["e_ssl"], trial.config["e_sl"],
-                                trial.config.get("rho", 0.5)).total
-            self.cut += max(0, total - int(last.get("epoch", 0)))
-        self._maybe_report()
+    def __getstate__(self):  # Tune pickles its callbacks with the experiment: a stream does not travel
+        return {**self.__dict__, "_stream": None}
 
-    def _maybe_report(self) -> None:
-        now = time.time()
-        self.start = self.start or now
-        if self.last is not None and now - self.last < self.every:
+    def show(self, text: str, force: bool = False) -> None:
+        now = self.clock()
+        if not force and self.last is not None and now - self.last < self.every:
             return
         self.last = now
-        share = min(1.0, sum(self.done.values()) / max(1.0, self.planned - self.cut))
-        elapsed = now - self.start
-        left = elapsed * (1 - share) / share if share >= 0.1 and elapsed >= 10 else None
-        log.info("progress: %.0f%% of the planned epochs, %d trial(s) finished%s", 100 * share, self.finished,
-                 f", about {_duration(left)} left" if left is not None else "")
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text)
+        else:
+            self.stream.write(text + "\n")
+        self.shown = text
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the line on a terminal, so what is printed next starts on its own."""
+        if self.tty and self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = ""
+
+
+class Progress(tune.Callback):
+    """The search's one progress line: trials done, running, stopped early and failed, the best validation
+    accuracy so far per epoch budget (MixTraining), the share of the planned epochs trained and the time left."""
+
+    def __init__(self, planned_epochs: float, line: Line, clock: Callable[[], float] = time.monotonic):
+        self.planned, self.line, self.clock = max(1.0, planned_epochs), line, clock
+        self.epochs: dict[str, int] = {}  # trial -> epochs reported
+        self.cut = 0.0  # epochs that stopped trials will not train
+        self.running: set[str] = set()
+        self.counts = {"done": 0, "stopped": 0, "failed": 0}
+        self.best: dict[int, float] = {}  # epoch budget -> best validation accuracy of a MixTraining trial
+        self.start = clock()
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.running.add(trial.trial_id)
+        self.update()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.running.add(trial.trial_id)
+        self.epochs[trial.trial_id] = int(result.get("epoch", 0))
+        acc = result.get("val_acc")
+        if trial.config.get("method") == "mixtraining" and acc is not None and acc == acc:
+            budget = int(trial.config["e_sl"])
+            self.best[budget] = max(self.best.get(budget, 0.0), float(acc))
+        self.update()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.running.discard(trial.trial_id)
+        last = trial.last_result or {}
+        if last.get("completed"):
+            self.counts["done"] += 1
+        else:  # stopped early: the rest of its plan will not run
+            self.counts["stopped"] += 1
+            cfg = trial.config
+            total = method_plan(cfg["method"], cfg["e_ssl"], cfg["e_sl"], cfg.get("rho", 0.5)).total
+            self.cut += max(0, total - int(last.get("epoch", 0)))
+        self.update()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.running.discard(trial.trial_id)
+        self.counts["failed"] += 1
+        self.update()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.update(force=True)
+        self.line.close()
+
+    def text(self) -> str:
+        share = min(1.0, sum(self.epochs.values()) / max(1.0, self.planned - self.cut))
+        elapsed = self.clock() - self.start
+        left = elapsed * (1 - share) / share if share >= 0.05 and elapsed >= 10 else None
+        c = self.counts
+        best = " ".join(f"{b}ep {100 * a:.1f}%" for b, a in sorted(self.best.items()))
+        return (f"trials: {c['done']} done, {len(self.running)} running, {c['stopped']} stopped early, "
+                f"{c['failed']} failed | best val acc: {best or '-'} | {100 * share:.0f}% of planned epochs"
+                + (f", about {_duration(left)} left" if left is not None else ""))
+
+    def update(self, force: bool = False) -> None:
+        self.line.show(self.text(), force=force)

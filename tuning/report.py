@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 
 from trainable.cli import local_folder, mlflow_experiment, tracking_uri  # noqa: E402
 from tuning import tracking  # noqa: E402
+from tuning.plots import report_files  # noqa: E402
 from tuning.summary import comparison_table, format_paired, format_table, paired_stats, trial_row  # noqa: E402
 
 
@@ -79,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
 def write_report(df: pd.DataFrame, out: Path) -> None:
     """The search's report files (`tuning.plots.report_files`: the comparison table, the paired statistics,
     Fig. 1, the parameter studies), written to `out`; the table and the paired statistics printed."""
-    from tuning.plots import report_files
     table, paired = comparison_table(df), paired_stats(df)
     for name, data in report_files(df, table).items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)

@@ -19,15 +19,15 @@ from typing import Any
 
 import pandas as pd
 from ray.tune.search import SearchGenerator, Searcher
-from ray.tune.search.sample import Domain
 
-from search_spaces import grid, to_config_fields
+from search_spaces import BASE_IDENTITY, constants, grid, to_config_fields
 from trainable.config import MixConfig, method_plan
+from tuning.ray_internals import move_experiment_spec
+from tuning.summary import COMPLETION, GROUP, choose_best, same_config
 
 log = logging.getLogger(__name__)
 
-GROUP = "_group"  # config key shared by the seed repeats of one proposed configuration
-COMPLETION = "_completion"  # config key of a trial that completes a stopped seed of the chosen configuration
+__all__ = ["COMPLETION", "GROUP", "ExperimentSearch", "ExperimentSearcher", "baseline_configs", "config_key"]
 
 
 def baseline_configs(budgets: list[int], fractions: list[float], seeds: int) -> list[dict[str, Any]]:
@@ -36,15 +36,14 @@ def baseline_configs(budgets: list[int], fractions: list[float], seeds: int) -> 
             for f in fractions for e in budgets for method in ("sl", "ssl_sl") for s in range(seeds)]
 
 
-def config_key(fields: dict[str, Any]) -> tuple:
-    """What tells configurations of one search apart: alpha, rho, lam and the epoch counts (defaults filled)."""
-    return tuple((k, fields.get(k, getattr(MixConfig, k))) for k in ("alpha", "rho", "lam", "e_ssl", "e_sl"))
+def config_key(fields: dict[str, Any], identity: tuple[str, ...] = BASE_IDENTITY) -> tuple:
+    """What tells configurations of one search apart: the values of its identity fields (`search_spaces.identity`:
+    alpha, rho, lam, the epoch counts and whatever else the space names), defaults filled."""
+    return tuple((k, _value(fields.get(k, getattr(MixConfig, k)))) for k in identity)
 
 
-def split_space(space: dict[str, Any]) -> tuple[dict[str, Domain], dict[str, Any]]:
-    """(searched dimensions, constants) of a space."""
-    searched = {k: v for k, v in space.items() if isinstance(v, Domain)}
-    return searched, {k: v for k, v in space.items() if k not in searched}
+def _value(v):
+    return v.item() if hasattr(v, "item") else v
 
 
 class ExperimentSearcher(Searcher):
@@ -54,14 +53,18 @@ class ExperimentSearcher(Searcher):
 
     inner: one Ray searcher per fraction, already built over the space's searched dimensions,
         or None for a grid, which emits every combination of the space once per seed.
+    identity: the config fields that tell configurations apart (`search_spaces.identity`).
     """
+
+    identity: tuple[str, ...] = BASE_IDENTITY  # (for a searcher saved before it was an argument)
 
     def __init__(self, space: dict[str, Any], fractions: list[float], seeds: int,
                  budgets: list[int], epoch_scale: float, num_samples: int,
                  inner: dict[float, Searcher] | None, metric: str | list[str], mode: str | list[str],
                  baselines: bool = True, share_ssl: bool = False, complete: bool = True,
-                 max_concurrent: int | None = None):
+                 max_concurrent: int | None = None, identity: tuple[str, ...] = BASE_IDENTITY):
         super().__init__(metric=metric, mode=mode)
+        self.identity = tuple(identity)
         self.share_ssl, self.complete, self.max_concurrent = share_ssl, complete, max_concurrent
         # Trials in their SSL-only phase: SSL key -> trial id -> [epoch reached, SSL-only epochs planned];
         # and the furthest SSL-only epoch any trial of a key has reached (and stored).
@@ -69,7 +72,7 @@ class ExperimentSearcher(Searcher):
         self.ssl_reached: dict[tuple, int] = {}
         self.fractions, self.seeds, self.scale, self.budgets = list(fractions), seeds, epoch_scale, list(budgets)
         self.inner = inner
-        searched, self.constants = split_space(space)
+        self.constants = constants(space)
         self.queue: list[dict[str, Any]] = []
         self.configs: dict[str, dict[str, Any]] = {}  # group -> its configuration (seed 0)
         self.outcomes: dict[str, dict[int, dict | None]] = {}  # group -> seed -> final result (None: failed)
@@ -186,7 +189,7 @@ class ExperimentSearcher(Searcher):
 
     def _key(self, point: dict[str, Any]) -> tuple:
         """A proposed point's configuration key (`config_key`)."""
-        return config_key(to_config_fields({**self.constants, **point}, self.scale))
+        return config_key(to_config_fields({**self.constants, **point}, self.scale), self.identity)
 
     def _new_point(self, fraction: float, trial_id: str, attempts: int = 50):
         """The inner searcher's next proposal that is not a configuration already tried at this fraction.
@@ -217,7 +220,6 @@ class ExperimentSearcher(Searcher):
         configurations count as tried (with their mean validation accuracy over seeds, as a group here tells
         the inner searcher), their baselines are not run again, and they take part in choosing and completing
         the best configuration."""
-        from tuning.summary import CONFIG_KEYS
         done = rows[rows["error"].isna()]
         base = done[done["method"] != "mixtraining"]
         ran = set(zip(base["method"], base["epochs"], base["fraction"], base["seed"]))
@@ -228,25 +230,25 @@ class ExperimentSearcher(Searcher):
             # search only marks its seed as finished.
             proper, completions = runs[~runs["completion"]], runs[runs["completion"] & runs["completed"]]
             first = proper.iloc[0]
-            point = {k: first[k] for k in CONFIG_KEYS} | {"e_ssl": int(first["e_ssl"]), "e_sl": int(first["epochs"])}
+            point = {k: _value(first[k]) for k in self.identity if k != "e_sl"} | {"e_sl": int(first["epochs"])}
             cfg = {"method": "mixtraining", **point, "fraction": fraction, "seed": 0, GROUP: group}
             self.configs[group] = cfg
             self.outcomes[group] = {int(r.seed): {"val_acc": r.val_acc, "completed": bool(r.completed),
                                                   "finished": bool(r.completed) or r.seed in set(completions["seed"])}
                                     for r in proper.itertuples()}
-            key = config_key(point)
+            key = config_key(point, self.identity)
             self.known.setdefault(fraction, {})[key] = {self.metric: float(proper["val_acc"].mean())}
         # A grid queues every configuration up front: those the earlier search finished are not run again.
         self.queue = [c for c in self.queue if c["method"] != "mixtraining"
-                      or config_key(c) not in self.known.get(c["fraction"], {})]
+                      or config_key(c, self.identity) not in self.known.get(c["fraction"], {})]
 
     def completions(self) -> list[dict[str, Any]]:
         """Trials that finish the chosen configuration of every (fraction, budget) on the seeds that were
         stopped before the end: without them its test accuracy would average only the seeds the scheduler
         let through, which favours it over the baselines, whose every seed runs to the end."""
-        from tuning.summary import CONFIG_KEYS, choose_best
+        keys = [k for k in self.identity if k != "e_sl"]
         rows = [{"group": g, "method": "mixtraining", "completion": False, "fraction": cfg["fraction"],
-                 "epochs": cfg["e_sl"], **{k: cfg.get(k, getattr(MixConfig, k)) for k in CONFIG_KEYS}, "seed": seed,
+                 "epochs": cfg["e_sl"], **{k: cfg.get(k, getattr(MixConfig, k)) for k in keys}, "seed": seed,
                  "val_acc": (r or {}).get("val_acc"), "completed": bool(r and r.get("completed")), "failed": r is None,
                  "finished": bool(r and r.get("finished", r.get("completed")))}
                 for g, cfg in self.configs.items() for seed, r in self.outcomes.get(g, {}).items()]
@@ -254,9 +256,8 @@ class ExperimentSearcher(Searcher):
             return []
         df = pd.DataFrame(rows)
         out = []
-        for best in choose_best(df).to_dict("records"):
-            same = df[(df[["fraction", "epochs", *CONFIG_KEYS]] == pd.Series(best)[["fraction", "epochs",
-                                                                                    *CONFIG_KEYS]]).all(axis=1)]
+        for best in choose_best(df, keys).to_dict("records"):
+            same = df[same_config(df, best, ["fraction", "epochs", *keys])]
             finished = set(same[same["finished"] | same["failed"]]["seed"])
             for seed in sorted(set(same["seed"]) - finished):  # stopped, never completed
                 group = same[same["seed"] == seed]["group"].iloc[0]
@@ -329,13 +330,5 @@ class ExperimentSearch(SearchGenerator):
         super().restore_from_dir(dirpath)
         if not self.spec_now:
             return
-        import copy
-
-        from ray.train._internal.storage import get_fs_and_path
-        spec = self._experiment.spec
-        # As Tune's controller moves the storage of the trials it restores (TuneController._restore_trials).
-        storage = copy.copy(spec["storage"])
-        storage.storage_filesystem, storage.storage_fs_path = get_fs_and_path(self.spec_now["storage_path"], None)
-        storage.experiment_dir_name = self.spec_now["name"]
-        spec.update(storage=storage, max_failures=self.spec_now["max_failures"])
+        move_experiment_spec(self._experiment.spec, **self.spec_now)
         self.searcher.max_concurrent = self.max_concurrent_now

@@ -6,7 +6,9 @@ same code. The rows come from `trial_row`, the one place that knows their column
 
 What makes the comparison fair:
 - Rows are grouped by everything that defines a comparison (`COMPARISON_KEYS`): runs on other
-  data, models, budgets or optimiser settings never share a row.
+  data, models, budgets or optimiser settings never share a row. A field the search varied is not
+  a group key but part of a MixTraining configuration's identity (`config_keys`): the baselines
+  run at its default.
 - MixTraining's configuration is chosen on validation accuracy (`choose_best`) among the trials of
   the search proper; it is reported on test accuracy over all its completed runs, including the
   runs the search added to finish the seeds the scheduler had stopped (`completion`).
@@ -24,36 +26,49 @@ import math
 from typing import Any, Mapping
 
 import pandas as pd
+from scipy import stats
 
-from trainable.config import MixConfig, model_name, resolve_optim
+from search_spaces import AXES
+from trainable.config import MixConfig, field_names, model_name, resolve_optim
 
+# What tells MixTraining configurations apart in every search: the paper's three knobs.
 CONFIG_KEYS = ["alpha", "rho", "lam"]
 METHOD_NAMES = {"sl": "SL", "ssl_sl": "SSL+SL", "mixtraining": "MixTraining"}
-# Everything that defines a comparison: rows differing in any of these are never pooled.
+# Everything that defines a comparison: rows differing in any of these are never pooled (unless the search varied
+# one of them: then it tells configurations apart instead).
 COMPARISON_KEYS = ["datasets", "ssl_dataset", "model", "fraction", "epochs", "epoch_scale", "batch_size", "ssl_lr",
                    "sl_lr", "mix_step", "mix_optim"]
-_DEFAULTS = MixConfig()
+# Fields a search space may vary, each a column of the rows (e_sl is the `epochs` column).
+SEARCHABLE = [f for f in field_names() if f not in AXES and f != "e_sl"]
 _TRUE = (True, "true", "True", 1, "1")
+# Keys the experiment searcher adds to a trial's config (tuning.searcher): the seed repeats of one proposed
+# configuration share GROUP; COMPLETION marks a trial that completes a stopped seed of the chosen configuration.
+GROUP = "_group"
+COMPLETION = "_completion"
 
 
 def trial_row(config: Mapping[str, Any], metrics: Mapping[str, Any], *, completed: bool, error: str | None,
-              **extra: Any) -> dict[str, Any]:
+              epoch_scale: float | None = None, **extra: Any) -> dict[str, Any]:
     """One trial as a row of the comparison's input.
 
     config: the trial's config fields and bookkeeping keys (a Tune config over the search's base, or
     MLflow's parameter strings); fields it lacks take the config's defaults. metrics: its last
     reported metrics. alpha and lam are taken from the metrics where present: population-based
-    training changes them during a trial, and the metrics hold the last values used. extra: further
-    columns (trial_id when not in the metrics, ...).
+    training changes them during a trial, and the metrics hold the last values used. epoch_scale: the
+    search's (else the config's `epoch_scale`, as MLflow's parameters hold it). extra: further columns
+    (trial_id when not in the metrics, ...).
     """
     cfg = MixConfig.from_strings({k: v for k, v in config.items() if k in _FIELDS})
-    ssl_lr, sl_lr = resolve_optim(cfg)
-    return {
+    # Base learning rates (before MAE's batch-size scaling): a search over batch_size compares with baselines
+    # run at the same base rates.
+    ssl_lr, sl_lr = (lr * 256 / cfg.batch_size for lr in resolve_optim(cfg))
+    searchable = {k: getattr(cfg, k) for k in SEARCHABLE}
+    return {**searchable, 
         "trial_id": metrics.get("trial_id"), "method": config.get("method"),
-        "completion": config.get("_completion", config.get("completion")) in _TRUE,
+        "completion": config.get(COMPLETION, config.get("completion")) in _TRUE,
         "datasets": "+".join(cfg.datasets), "ssl_dataset": cfg.ssl_dataset or "", "model": _model(cfg),
         "fraction": cfg.fraction, "epochs": cfg.e_sl, "e_ssl": cfg.e_ssl,
-        "epoch_scale": float(config.get("_epoch_scale", config.get("epoch_scale", 1.0))),
+        "epoch_scale": float(epoch_scale if epoch_scale is not None else config.get("epoch_scale", 1.0)),
         "batch_size": cfg.batch_size, "ssl_lr": ssl_lr, "sl_lr": sl_lr, "mix_step": cfg.mix_step,
         "mix_optim": cfg.mix_optim, "seed": cfg.seed,
         "alpha": float(metrics.get("alpha", cfg.alpha)), "rho": cfg.rho, "lam": float(metrics.get("lam", cfg.lam)),
@@ -66,34 +81,58 @@ def trial_row(config: Mapping[str, Any], metrics: Mapping[str, Any], *, complete
         "error": error, **extra}
 
 
-_FIELDS = set(MixConfig.__dataclass_fields__)
+_FIELDS = set(field_names())
 
 
 def _model(cfg: MixConfig) -> str:
     return model_name(cfg)
 
 
-def _keys(df: pd.DataFrame) -> list[str]:
-    return [k for k in COMPARISON_KEYS if k in df.columns]
+def config_keys(df: pd.DataFrame) -> list[str]:
+    """What tells MixTraining configurations apart in these rows: `df.attrs["config_keys"]` where the search set
+    it (from its space), else alpha, rho, lam and every searchable field that varies among the MixTraining runs
+    of one search at one fraction and budget (`search` tells searches apart where the rows come from several,
+    as in `tuning/report.py`)."""
+    if "config_keys" in df.attrs:
+        return list(df.attrs["config_keys"])
+    mix = df[df["method"] == "mixtraining"] if "method" in df else df.iloc[:0]
+    by = [k for k in ("search", "fraction", "epochs") if k in mix]
+    parts = [sub for _, sub in mix.groupby(by, dropna=False)] if by else [mix]
+    varying = {k for sub in parts for k in SEARCHABLE
+               if k in sub and k not in CONFIG_KEYS and sub[k].astype(str).nunique() > 1}
+    return CONFIG_KEYS + sorted(varying)
 
 
-def choose_best(df: pd.DataFrame) -> pd.DataFrame:
+def comparison_keys(df: pd.DataFrame, config: list[str] | None = None) -> list[str]:
+    """The comparison keys of these rows: those present and not varied by a search."""
+    config = config_keys(df) if config is None else config
+    return [k for k in COMPARISON_KEYS if k in df.columns and k not in config]
+
+
+def choose_best(df: pd.DataFrame, config: list[str] | None = None) -> pd.DataFrame:
     """Per comparison group: the MixTraining configuration with the best mean validation accuracy over its
     completed runs of the search proper (the runs added to complete it aside), and how many configurations
     the group tried. One row per group: its keys, the configuration, mean_val and tried.
+    config: the configuration keys (`config_keys`), when the caller has them.
 
     The search finishes this configuration on every seed before reporting it (tuning.searcher), and choosing
     it again here, from the same runs, gives the same choice.
     """
+    config = config_keys(df) if config is None else config
     mixes = df[df["method"] == "mixtraining"]
     proper = mixes[mixes["completed"] & ~mixes["completion"]]
     if proper.empty:
         return proper.iloc[:0]
-    group = _keys(df)
-    mean = proper.groupby(group + CONFIG_KEYS, dropna=False)["val_acc"].mean().rename("mean_val").reset_index()
+    group = comparison_keys(df, config)
+    mean = proper.groupby(group + config, dropna=False)["val_acc"].mean().rename("mean_val").reset_index()
     best = mean.loc[mean.groupby(group, dropna=False)["mean_val"].idxmax()]
-    tried = mixes.groupby(group, dropna=False)[CONFIG_KEYS].apply(lambda g: len(g.drop_duplicates()))
+    tried = mixes.groupby(group, dropna=False)[config].apply(lambda g: len(g.astype(str).drop_duplicates()))
     return best.merge(tried.rename("tried").reset_index(), on=group, how="left")
+
+
+def same_config(rows: pd.DataFrame, best: Mapping[str, Any], config: list[str]) -> pd.Series:
+    """Which rows have the configuration `best` (None and NaN equal to themselves)."""
+    return (rows[config].astype(str) == pd.Series({k: str(best[k]) for k in config})).all(axis=1)
 
 
 def _per_seed(rows: pd.DataFrame, value: str) -> pd.Series:
@@ -103,17 +142,18 @@ def _per_seed(rows: pd.DataFrame, value: str) -> pd.Series:
 
 def comparison_rows(df: pd.DataFrame) -> list[tuple[dict, dict[str, pd.DataFrame]]]:
     """Per comparison group: its keys and, per method, the completed runs on the group's common seeds."""
-    group = _keys(df)
+    config = config_keys(df)
+    group = comparison_keys(df, config)
     out = []
     for key, sub in df.groupby(group, dropna=False):
         key = dict(zip(group, key if isinstance(key, tuple) else (key,)))
         done = sub[sub["completed"] & sub["error"].isna()]
         runs = {m: done[done["method"] == m] for m in ("sl", "ssl_sl")}
-        best = choose_best(sub)  # from every run of the group: `tried` counts stopped configurations too
+        best = choose_best(sub, config)  # from every run of the group: `tried` counts stopped configurations too
         if not best.empty:
             b = best.iloc[0]
             mix = done[done["method"] == "mixtraining"]
-            runs["mixtraining"] = mix[(mix[CONFIG_KEYS] == b[CONFIG_KEYS]).all(axis=1)].assign(tried=b["tried"])
+            runs["mixtraining"] = mix[same_config(mix, b, config)].assign(tried=b["tried"])
         runs = {m: r for m, r in runs.items() if not r.empty}
         common = set.intersection(*(set(r["seed"]) for r in runs.values())) if runs else set()
         out.append((key, {m: r[r["seed"].isin(common)] for m, r in runs.items()}))
@@ -125,17 +165,18 @@ def comparison_table(df: pd.DataFrame) -> pd.DataFrame:
     compute, and MixTraining's speedups over SSL+SL."""
     if df.empty:
         return pd.DataFrame()
+    config = config_keys(df)
     rows = []
     for key, runs in comparison_rows(df):
         ref = runs.get("ssl_sl")
         for method, r in runs.items():
             acc = _per_seed(r, "test_acc")
             row = {**key, "method": method, "test_acc_mean": acc.mean(),
-                   "test_acc_std": acc.std() if len(acc) > 1 else 0.0, "val_acc_mean": r["val_acc"].mean(),
+                   "test_acc_std": acc.std() if len(acc) > 1 else math.nan, "val_acc_mean": r["val_acc"].mean(),
                    "seeds": len(acc), "calibrated_time_s": r["calibrated_time_s"].mean(),
                    "compute_tflop": r["compute_tflop"].mean(), "train_time_s": r["train_time_s"].mean(),
                    "tried": r["tried"].iloc[0] if "tried" in r else math.nan,
-                   **{k: r[k].iloc[0] if method == "mixtraining" else math.nan for k in CONFIG_KEYS}}
+                   **{k: r[k].iloc[0] if method == "mixtraining" else math.nan for k in config}}
             for what in ("calibrated_time_s", "compute_tflop"):
                 row[f"speedup_{what}"] = (ref[what].mean() / row[what] if method == "mixtraining" and ref is not None
                                           and row[what] else math.nan)
@@ -144,37 +185,64 @@ def comparison_table(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     table = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(METHOD_NAMES)}
-    return table.sort_values(_keys(table) + ["method"], key=lambda s: s.map(order) if s.name == "method" else s,
-                             ignore_index=True)
+    table = table.sort_values(comparison_keys(table, config) + ["method"], ignore_index=True,
+                              key=lambda s: s.map(order) if s.name == "method" else s)
+    table.attrs["config_keys"] = config
+    return table
 
 
-def paired_stats(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+def paired_stats(df: pd.DataFrame, confidence: float = 0.95, alpha: float = 0.05) -> pd.DataFrame:
     """Per comparison group: MixTraining - SSL+SL and MixTraining - SL in test accuracy, per seed over the
-    common seeds; mean, the t-interval of the mean, and whether it excludes zero."""
-    from scipy import stats
-
+    common seeds; the mean, its t-interval (`confidence`, for this comparison alone), whether that interval
+    excludes zero, the paired t-test's two-sided p-value, and `significant`: whether the difference holds at
+    family-wise level `alpha` over every comparison of these rows (Holm's step-down correction: it controls
+    the chance of any false mark among them without assuming they are independent, and never marks less
+    than Bonferroni would). A difference with no spread (n < 2, or every seed equal) has no test: never marked."""
     rows = []
     for key, runs in comparison_rows(df):
         if "mixtraining" not in runs:
             continue
         mix = _per_seed(runs["mixtraining"], "test_acc")
         for other in ("ssl_sl", "sl"):
-            if other not in runs:
-                continue
-            d = (mix - _per_seed(runs[other], "test_acc")).dropna()
-            n = len(d)
-            half = (stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std() / math.sqrt(n)) if n > 1 else math.nan
-            rows.append({**key, "versus": other, "n": n, "mean_diff": d.mean(), "ci_low": d.mean() - half,
-                         "ci_high": d.mean() + half, "excludes_zero": n > 1 and (d.mean() - half > 0 or
-                                                                                  d.mean() + half < 0)})
-    return pd.DataFrame(rows)
+            if other in runs:
+                rows.append({**key, "versus": other,
+                             **_paired((mix - _per_seed(runs[other], "test_acc")).dropna(), confidence)})
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["p_holm"] = holm(out["p_value"].tolist())
+        out["significant"] = out["p_holm"] < alpha
+    return out
+
+
+def _paired(d: pd.Series, confidence: float) -> dict[str, Any]:
+    n, mean = len(d), d.mean()
+    sd = d.std() if n > 1 else math.nan
+    if n < 2 or not sd > 0:
+        return {"n": n, "mean_diff": mean, "ci_low": math.nan, "ci_high": math.nan, "excludes_zero": False,
+                "p_value": math.nan}
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    p = 2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)
+    return {"n": n, "mean_diff": mean, "ci_low": mean - half, "ci_high": mean + half,
+            "excludes_zero": bool(mean - half > 0 or mean + half < 0), "p_value": float(p)}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-adjusted p-values (NaN, no test, stays NaN and counts for nothing): the k-th smallest of m
+    p-values is multiplied by m - k + 1, made non-decreasing, capped at 1."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p == p)
+    out, running = [math.nan] * len(p_values), 0.0
+    for k, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - k) * p))
+        out[i] = running
+    return out
 
 
 # --- text --------------------------------------------------------------------------------------------
 
 def varying_keys(table: pd.DataFrame) -> list[str]:
     """The comparison keys worth a column: fraction and epochs always, the others where they vary."""
-    return [k for k in _keys(table) if k in ("fraction", "epochs") or table[k].nunique(dropna=False) > 1]
+    return [k for k in comparison_keys(table, table.attrs.get("config_keys", CONFIG_KEYS))
+            if k in ("fraction", "epochs") or table[k].nunique(dropna=False) > 1]
 
 
 def _fmt(v) -> str:
@@ -187,18 +255,18 @@ def format_table(table: pd.DataFrame) -> str:
     """Markdown: one line per method under each comparison group (Table 1 / Table 6 layout)."""
     if table.empty:
         return "(no finished trials to compare)"
-    keys = varying_keys(table)
+    keys, config = varying_keys(table), table.attrs.get("config_keys", CONFIG_KEYS)
     head = keys + ["method", "test accuracy", "n", "time (s, one slot)", "compute (TFLOP)", "speedup (time)",
-                   "speedup (compute)", "wall-clock (s)", "configs tried", "alpha", "rho", "lam"]
+                   "speedup (compute)", "wall-clock (s)", "configs tried", *config]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.to_dict("records"):
         mix = r["method"] == "mixtraining"
         cells = [_fmt(r[k]) for k in keys] + [
-            METHOD_NAMES[r["method"]], f"{100 * r['test_acc_mean']:.2f}% ± {100 * r['test_acc_std']:.2f}",
+            METHOD_NAMES[r["method"]], _accuracy(r["test_acc_mean"], r["test_acc_std"], r["seeds"]),
             str(r["seeds"]), _num(r["calibrated_time_s"], "{:.1f}"), _num(r["compute_tflop"], "{:.4g}"),
             _num(r["speedup_calibrated_time_s"], "{:.2f}x"), _num(r["speedup_compute_tflop"], "{:.2f}x"),
             _num(r["train_time_s"], "{:.1f}"), str(int(r["tried"])) if mix and r["tried"] == r["tried"] else "",
-            *[_num(r[k], "{:g}") for k in CONFIG_KEYS]]
+            *[format_value(r[k]) if mix else "" for k in config]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -207,8 +275,21 @@ def _num(v, fmt: str) -> str:
     return fmt.format(v) if v is not None and v == v else ""
 
 
+def _accuracy(mean: float, std: float, n: int) -> str:
+    """Mean ± std in percent; one seed has no spread to show."""
+    return f"{100 * mean:.2f}%" + (f" ± {100 * std:.2f}" if n > 1 else "")
+
+
+def format_value(v) -> str:
+    """A configuration value: numbers as %g, None (a default chosen by the data) as 'default'."""
+    if v is None:
+        return "default"
+    return _num(v, "{:g}") if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
 def format_paired(paired: pd.DataFrame) -> str:
-    """One line per comparison: mean difference in points, its 95% interval, marked when it excludes zero."""
+    """One line per comparison: mean difference in points, its 95% interval, marked * when the difference holds
+    family-wise over all the lines (Holm, 5%)."""
     if paired.empty:
         return "(no MixTraining run shares seeds with a baseline: no paired comparison)"
     lines, keys = [], varying_keys(paired)
@@ -217,70 +298,14 @@ def format_paired(paired: pd.DataFrame) -> str:
         head = f"MixTraining - {METHOD_NAMES[r['versus']]} ({where}): {100 * r['mean_diff']:+.2f} points"
         if r["n"] < 2:
             lines.append(f"{head}, n={r['n']}: one seed, no interval exists")
+        elif r["ci_low"] != r["ci_low"]:
+            lines.append(f"{head}, n={r['n']}: every seed differs by the same amount, no interval exists")
         else:
-            mark = " *" if r["excludes_zero"] else ""
+            mark = " *" if r["significant"] else ""
             lines.append(f"{head}, 95% CI [{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}], "
-                         f"n={r['n']}{mark}")
-    if paired["excludes_zero"].any():
-        lines.append("* the interval excludes zero")
+                         f"Holm p={r['p_holm']:.3g}, n={r['n']}{mark}")
+    tests = int(paired["p_value"].notna().sum())
+    if tests:
+        lines.append(f"* holds at 5% family-wise over the {tests} tested comparison(s) above (Holm's correction of "
+                     f"paired t-tests); each interval is for its comparison alone")
     return "\n".join(lines)
-
-
-# --- Pareto ------------------------------------------------------------------------------------------
-
-def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
-    """Finished configurations not dominated in (mean val_acc up, mean compute down)."""
-    fin = df[df["completed"]]
-    if fin.empty:
-        return fin
-    g = fin.groupby(["method", *_keys(df), *CONFIG_KEYS], dropna=False).agg(
-        val_acc=("val_acc", "mean"), compute_tflop=("compute_tflop", "mean")).reset_index()
-    g = g[["method", *varying_keys(g), *CONFIG_KEYS, "val_acc", "compute_tflop"]]
-    return g[pareto_mask(g["val_acc"], g["compute_tflop"])].sort_values("compute_tflop", ignore_index=True)
-
-
-def pareto_mask(acc: pd.Series, cost: pd.Series) -> list[bool]:
-    """True where no other point has accuracy >= and cost <=, one of them strictly."""
-    return [not (((acc >= a) & (cost <= c)) & ((acc > a) | (cost < c))).any() for a, c in zip(acc, cost)]
-
-
-def param_importances(df: pd.DataFrame, params: tuple[str, ...] = ("alpha", "rho", "lam", "epochs"),
-                      seed: int = 0) -> dict[float, dict[str, float]]:
-    """Per data fraction: Optuna's fANOVA importances of the MixTraining parameters that varied, for the mean
-    validation accuracy of each configuration over its completed runs ({} where fewer than two varied)."""
-    import optuna
-    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    out = {}
-    mix = df[(df["method"] == "mixtraining") & df["completed"] & df["val_acc"].notna()]
-    for fraction, sub in mix.groupby("fraction"):
-        varied = [p for p in params if sub[p].nunique() > 1]
-        configs = sub.groupby(varied)["val_acc"].mean().reset_index() if varied else sub.iloc[:0]
-        if len(configs) < 2:
-            continue
-        dists = {p: optuna.distributions.CategoricalDistribution(sorted(configs[p].unique().tolist()))
-                 for p in varied}
-        study = optuna.create_study(direction="maximize")
-        study.add_trials([optuna.trial.create_trial(params={p: r[p] for p in varied}, distributions=dists,
-                                                    value=float(r["val_acc"])) for _, r in configs.iterrows()])
-        try:
-            imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
-        except RuntimeError:  # fANOVA's "zero total variance": every configuration scored the same
-            continue
-        out[float(fraction)] = {k: float(v) for k, v in imp.items()}
-    return out
-
-
-def parameter_study(df: pd.DataFrame, param: str, acc: str = "test_acc") -> pd.DataFrame:
-    """The paper's Tables 4-5 as data: per (fraction, epochs) and value of `param` tried, MixTraining's mean
-    and std of `acc` over its completed runs (whatever the other parameters were), and the reference means
-    of SSL+SL and SL in the same group."""
-    fin = df[df["completed"] & df[acc].notna()]
-    mix = fin[fin["method"] == "mixtraining"].groupby(["fraction", "epochs", param])[acc].agg(
-        ["mean", "std", "count"]).reset_index()
-    refs = fin[fin["method"] != "mixtraining"].groupby(["fraction", "epochs", "method"])[acc].mean().unstack()
-    for method in ("ssl_sl", "sl"):
-        mix[method] = [refs.loc[(f, e), method] if method in refs and (f, e) in refs.index else math.nan
-                       for f, e in zip(mix["fraction"], mix["epochs"])]
-    return mix

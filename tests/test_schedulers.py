@@ -1,7 +1,8 @@
 """tuning.scheduler: phase-aware ASHA, without starting Ray."""
+import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from tuning.scheduler import PhaseAwareASHA
+from tuning.schedulers import PhaseAwareASHA
 
 
 class _Trial:
@@ -40,3 +41,23 @@ def test_phase_aware_asha__ranks_trials_only_within_their_fraction_and_epoch_bud
     same_budget = _Trial("d", e_sl=20)
     sched.on_trial_add(None, same_budget)
     assert sched.on_trial_result(None, same_budget, {"sl_epochs": 1, "val_acc": 0.1}) == TrialScheduler.STOP
+
+
+def test_registry__a_new_scheduler_is_one_class_and_one_entry(monkeypatch):
+    """--scheduler's choices and the driver's factory both come from SCHEDULERS: nothing else to edit."""
+    from search_spaces import load
+    from tuning import schedulers, search
+    from tuning.schedulers import SCHEDULERS, Fifo
+
+    class EveryOther(Fifo):  # a trivial scheduler: FIFO under another name, refusing the grid search
+        @classmethod
+        def refusal(cls, space, search):
+            return "no grids here" if search == "grid" else None
+
+    monkeypatch.setitem(SCHEDULERS, "every-other", EveryOther)
+    parser = search.build_parser()
+    args = parser.parse_args(["--scheduler", "every-other", "--space", "smoke"])
+    search.validate(args, parser)
+    assert isinstance(schedulers.SCHEDULERS[args.scheduler].for_search(load("smoke"), None), EveryOther)
+    with pytest.raises(SystemExit):
+        search.validate(parser.parse_args(["--scheduler", "every-other", "--search", "grid"]), parser)

@@ -13,17 +13,49 @@ seeds (tuning.searcher). Each group of comparable MixTraining trials gets its ow
 - `PhaseAwarePBT`: one `PopulationBasedTraining` per (fraction, seed, e_ssl, e_sl, rho). PBT
   copies a better trial's weights into a worse one, so donor and recipient must share the
   phase plan and data; only alpha and lam are perturbed.
+
+`--scheduler NAME` picks `SCHEDULERS[NAME]`: adding a scheduler is one class with `for_search`
+(and, where some searches or spaces do not fit it, `refusal`) and one entry there.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
+from search_spaces import searched
+from trainable.tune_trainable import PBT_MUTABLE
+from tuning.ray_internals import without_search_alg
 from tuning.searcher import COMPLETION
 
 SL_EPOCHS = "sl_epochs"
 
 
-class _Grouped(FIFOScheduler):
+class Choice:
+    """What `--scheduler` needs of a scheduler class."""
+
+    stops_early = False  # whether some MixTraining seeds end before their plan (then the chosen one is completed)
+
+    @classmethod
+    def for_search(cls, space: dict[str, Any], grace_period: int | None, metric: str = "val_acc",
+                   mode: str = "max") -> TrialScheduler:
+        raise NotImplementedError
+
+    @classmethod
+    def refusal(cls, space: dict[str, Any], search: str) -> str | None:
+        """Why this scheduler cannot run that search over that space (None: it can)."""
+        return None
+
+
+class Fifo(Choice, FIFOScheduler):
+    """No early stopping: every trial runs to the end (the paper's protocol)."""
+
+    @classmethod
+    def for_search(cls, space, grace_period, metric="val_acc", mode="max") -> TrialScheduler:
+        return cls()
+
+
+class _Grouped(Choice, FIFOScheduler):
     """Delegates each MixTraining trial to the Ray scheduler of its group; baselines run freely."""
 
     group_keys: tuple[str, ...] = ()
@@ -69,6 +101,11 @@ class _Grouped(FIFOScheduler):
 
 class PhaseAwareASHA(_Grouped):
     group_keys = ("fraction", "e_sl")
+    stops_early = True
+
+    @classmethod
+    def for_search(cls, space, grace_period, metric="val_acc", mode="max") -> TrialScheduler:
+        return cls(metric, mode, grace_period=grace_period)
 
     def __init__(self, metric: str = "val_acc", mode: str = "max", grace_period: int | None = None,
                  reduction_factor: float = 4):
@@ -84,6 +121,23 @@ class PhaseAwareASHA(_Grouped):
 
 class PhaseAwarePBT(_Grouped):
     group_keys = ("fraction", "seed", "e_ssl", "e_sl", "rho")
+    stops_early = False  # PBT changes configurations; it stops none
+
+    @classmethod
+    def for_search(cls, space, grace_period, metric="val_acc", mode="max") -> TrialScheduler:
+        mutations = {k: v for k, v in searched(space).items() if k in PBT_MUTABLE}
+        return cls(mutations, metric, mode, perturbation_interval=grace_period)
+
+    @classmethod
+    def refusal(cls, space: dict[str, Any], search: str) -> str | None:
+        varying = [k for k in searched(space) if k not in PBT_MUTABLE]
+        if varying:
+            return (f"the space varies {', '.join(varying)}; PBT copies weights between trials, which must share "
+                    f"the phase plan and every other setting: use --space pbt, or a space varying only "
+                    f"{' and '.join(PBT_MUTABLE)}")
+        if search == "optuna":
+            return "use --search random or grid (PBT changes the configs Optuna would learn from)"
+        return None
 
     def __init__(self, mutations: dict, metric: str = "val_acc", mode: str = "max",
                  perturbation_interval: int | None = None):
@@ -98,18 +152,10 @@ class PhaseAwarePBT(_Grouped):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         # Ray's PBT refuses any search algorithm, since it overwrites the configs a searcher would
-        # learn from. Ours only hands out starting points (tuning/search.py allows PBT with the
-        # random and grid searches, which learn nothing), so PBT is shown no search algorithm.
-        super().on_trial_add(_WithoutSearchAlg(tune_controller), trial)
+        # learn from. Ours only hands out starting points (`refusal` allows PBT with the random and
+        # grid searches, which learn nothing), so PBT is shown no search algorithm.
+        super().on_trial_add(without_search_alg(tune_controller), trial)
 
 
-class _WithoutSearchAlg:
-    """The tune controller as PBT's trial registration sees it: everything but the search algorithm."""
-
-    search_alg = None
-
-    def __init__(self, controller):
-        self._controller = controller
-
-    def __getattr__(self, name):
-        return getattr(self._controller, name)
+# --scheduler's choices: one entry per scheduler.
+SCHEDULERS: dict[str, type] = {"asha": PhaseAwareASHA, "fifo": Fifo, "pbt": PhaseAwarePBT}

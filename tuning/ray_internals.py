@@ -1,0 +1,68 @@
+"""Every place the search reaches into Ray Tune's internals, in one file, each with why.
+
+Ray Tune (2.60) has no public way to do these; when Ray changes, this is the file to read.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+from ray.train._internal.storage import get_fs_and_path
+
+# Tune keeps one trial pending for a search algorithm of its own kind (`_get_max_pending_trials`); it reads
+# this variable when `tuner.fit()` builds its controller.
+PENDING_ENV = "TUNE_MAX_PENDING_TRIALS_PG"
+
+
+def fit_with_pending(tuner, pending: int):
+    """`tuner.fit()` with Tune allowed `pending` trials waiting for resources at once (unless the user set
+    PENDING_ENV): with Tune's default of one, slots freed together fill one after another and an autoscaler
+    is asked for one worker at a time. The variable is restored afterwards."""
+    user_set = PENDING_ENV in os.environ
+    if not user_set:
+        os.environ[PENDING_ENV] = str(pending)
+    try:
+        return tuner.fit()
+    finally:
+        if not user_set:
+            os.environ.pop(PENDING_ENV, None)
+
+
+def override_restored_run(tuner, callbacks: list, failure_config, verbose: int) -> None:
+    """A restored Tuner with this run's callbacks, failure budget and verbosity: `Tuner.restore` takes no
+    arguments for them and would bring back the saved ones."""
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks, run_config.failure_config, run_config.verbose = callbacks, failure_config, verbose
+
+
+def restored_search_alg(tuner):
+    """The search algorithm of a restored Tuner (to give it this run's settings)."""
+    return tuner._local_tuner._tune_config.search_alg
+
+
+def move_experiment_spec(spec: dict[str, Any], storage_path: str, name: str, max_failures: int) -> None:
+    """Point a restored search generator's experiment spec at this run's storage path, name and failure budget,
+    as Tune's controller moves the trials it restores (`TuneController._restore_trials`): without it a moved
+    experiment's new trials would be written to its old location (Ray 2.60)."""
+    storage = copy.copy(spec["storage"])
+    storage.storage_filesystem, storage.storage_fs_path = get_fs_and_path(storage_path, None)
+    storage.experiment_dir_name = name
+    spec.update(storage=storage, max_failures=max_failures)
+
+
+class _WithoutSearchAlg:
+    """The tune controller as PBT's trial registration sees it: everything but the search algorithm."""
+
+    search_alg = None
+
+    def __init__(self, controller):
+        self._controller = controller
+
+    def __getattr__(self, name):
+        return getattr(self._controller, name)
+
+
+def without_search_alg(controller):
+    """Ray's PBT refuses to run beside any search algorithm (it reads `controller.search_alg`)."""
+    return _WithoutSearchAlg(controller)
