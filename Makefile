@@ -34,3 +34,14 @@ $(STAMP): pyproject.toml
 
 clean:
 	rm -rf $(VENV)
+
+# Mutation testing (mutation/run.py, settings in mutation/mutmut.cfg): mutmut over the modules where a silent bug
+# changes a researcher's answer or loses data, each with its fast unit tests only; outside CI. Fails when a
+# surviving mutant is neither killed by a test nor written down in mutation/equivalent.md.
+#   make mutation                      every module;  make mutation MODULES="summary schedule"  some
+MODULES ?=
+MUTATION_JOBS ?= 2
+.PHONY: mutation
+mutation: $(STAMP)
+	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -q "mutmut>=3.8,<4"
+	$(RUN) mutation/run.py --jobs $(MUTATION_JOBS) $(MODULES)

@@ -27,7 +27,7 @@ from PIL import Image
 
 from trainable.data import augment, epoch_batches, generator, normalize, to_input_shape
 from trainable.datasets import load_dataset
-from trainable.engine import sl_step
+from trainable.steps import sl_step
 from trainable.models import MODEL_CONFIGS, MixViT, ModelConfig
 
 from common import write_result  # benchmarks/common.py (this folder is on sys.path when run as a script)

@@ -102,3 +102,27 @@ def tracked_search(ray_cluster, mlflow_server, tmp_path_factory):
                              "--experiment", "tracked", "--register-model", "tracked-best", "--system-metrics")
     df.attrs["storage"] = tmp  # the experiment is tmp / "tracked"
     return df, out, MlflowClient(mlflow_server)
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state():
+    """What a command run in-process sets for the whole process is put back after each test, so no test depends
+    on which ran before it: the root logger (search.main configures it), MLflow's tracking URI (its fluent API
+    keeps one per process and mirrors it into MLFLOW_TRACKING_URI), and the environment."""
+    import logging
+
+    import mlflow
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    uri_env, env = mlflow.get_tracking_uri() if mlflow.tracking._tracking_service.utils.is_tracking_uri_set() \
+        else None, dict(os.environ)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    if uri_env is None:
+        mlflow.tracking._tracking_service.utils._tracking_uri = None
+    else:
+        mlflow.set_tracking_uri(uri_env)
+    for key in set(os.environ) - set(env):
+        del os.environ[key]
+    os.environ.update(env)

@@ -33,3 +33,24 @@ def test_gpu_switches__times_each_variant_phase_and_shared_device_against_the_al
     for ph in ("ssl", "mix"):
         assert abs(result["variants"]["sdpa"][ph]["first_epoch_loss"]
                    - result["variants"]["baseline"][ph]["first_epoch_loss"]) < 1e-3
+
+
+@pytest.mark.slow
+def test_scale__reports_throughput_memory_sizes_and_the_end_of_a_tracked_five_trial_search(tmp_path):
+    # As README runs it, in a process of its own (it starts its own Ray instance), with 5 trials instead of 1,000.
+    import subprocess
+    import sys
+    out = tmp_path / "scale.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scale.py"), "--trials", "5", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert (r["trials"], r["failed"], r["completed"]) == (5, 0, 5)  # exactly --trials: no baselines, no completions
+    assert set(r["driver_rss_mb"]) == {"at_start", "1", "2", "5", "at_end"}  # a tenth, half and all (at least 1)
+    assert r["growth_between_trials"] == [1, 5] and r["trials_per_s_per_cpu"] > 0
+    assert r["experiment"]["experiment_state_json_bytes"] > 0 and r["experiment"]["trial_folders"] == 5
+    assert r["tracking_store"]["db_bytes"] > 0
+    assert r["bookkeeping"]["tracker_runs"] == 5 and r["bookkeeping"]["delivery_left"] == 0  # every call delivered
+    assert 0 < r["end"]["last_trial_end_to_printed_table_s"] < r["wall_s"]
+    assert (tmp_path / "scale.png").stat().st_size > 0
+    assert "python tuning/search.py --space continuous" in r["search_command"]

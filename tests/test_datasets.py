@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+import torchvision.datasets.cifar
 from PIL import Image
-
 from torchvision.datasets.utils import calculate_md5
 
 from trainable import datasets
@@ -267,8 +267,6 @@ def test_load_dataset__missing_tinyimagenet_points_to_the_zip(tmp_path):
 
 
 def test_load_dataset__failed_download_says_so_and_where_to_put_the_files(tmp_path, monkeypatch):
-    import torchvision.datasets.cifar
-
     def offline(*args, **kwargs):
         raise URLError("no network")
 

@@ -85,64 +85,12 @@ def test_engine__save_load_continue_gives_exactly_the_uninterrupted_run(digits_d
     _assert_resumes_exactly(small_config(e_ssl=3, e_sl=3, rho=0.34), digits_data, stop_after)  # 2 SSL, 1 mix, 2 SL
 
 
-@pytest.mark.slow  # torch.compile takes minutes on a CPU
-def test_engine__bf16_autocast_and_compile_the_cuda_defaults_train_and_resume_exactly_on_the_cpu(digits_data,
-                                                                                                   monkeypatch):
-    _forbid_cuda(monkeypatch)  # and still nothing of CUDA runs
-    cfg = small_config(amp="on", compile="on")  # plan: 1 SSL, 1 mix, 1 SL
-    run = Engine(cfg, data=digits_data).run
-    assert run.amp and run.compile
-    _assert_resumes_exactly(cfg, digits_data, stop_after=1)
-
-
 def test_engine__compute_is_counted_at_the_configs_mask_ratio(digits_data):
     engine = Engine(small_config(mask_ratio=0.5), data=digits_data)
     m = engine.run_epoch()  # an SSL-only epoch
     per_image = step_flops(engine.model_cfg, (10,), "ssl", "merged", 0.5)
     assert m["compute_tflop"] == pytest.approx(m["images_ssl"] * per_image / 1e12, rel=1e-12)
     assert per_image != step_flops(engine.model_cfg, (10,), "ssl", "merged", 0.75)
-
-
-# Read-only queries and the seeding every torch.manual_seed does (queued until CUDA starts, which never happens
-# here): anything else in torch.cuda touches a device. _lazy_init is where every CUDA tensor or kernel starts it.
-CUDA_ALLOWED = {"is_available", "is_initialized", "device_count", "manual_seed", "manual_seed_all", "seed", "seed_all"}
-
-
-def _forbid_cuda(monkeypatch):
-    def refuse(name):
-        def call(*args, **kwargs):
-            raise AssertionError(f"torch.cuda.{name} called with the device on the CPU")
-        return call
-
-    for name in dir(torch.cuda):
-        obj = getattr(torch.cuda, name)
-        public_function = callable(obj) and not isinstance(obj, type) and not name.startswith("_")
-        if (public_function and name not in CUDA_ALLOWED) or name == "_lazy_init":
-            monkeypatch.setattr(torch.cuda, name, refuse(name))
-
-
-def _process_numerics():
-    return (torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-            torch.get_float32_matmul_precision(), torch.backends.cudnn.benchmark)
-
-
-def test_engine__nothing_calls_cuda_when_the_device_is_the_cpu(digits_data, monkeypatch):
-    before = _process_numerics()
-    _forbid_cuda(monkeypatch)
-    cfg = small_config(deterministic=True)  # plan: 1 SSL, 1 mix, 1 SL
-    engine = Engine(cfg, data=digits_data)
-    _run(engine)
-    engine.evaluate("test"), engine.reconstruct(2)
-    Engine(cfg, data=digits_data).load_state_dict(engine.state_dict())
-    assert _process_numerics() == before  # the CUDA settings (deterministic kernels, TF32) stay off the CPU
-
-
-def test_engine__deterministic_on_the_cpu_gives_the_same_run(digits_data):
-    cfg = small_config(e_ssl=1, e_sl=1, rho=1.0)  # one mix epoch
-    plain, deterministic = Engine(cfg, data=digits_data), Engine(cfg.replace(deterministic=True), data=digits_data)
-    assert _strip_timing(_run(plain)) == _strip_timing(_run(deterministic))
-    for k, v in plain.model.state_dict().items():
-        assert torch.equal(v, deterministic.model.state_dict()[k]), k
 
 
 def test_engine__load_state_dict_rejects_another_config(digits_data):
@@ -259,3 +207,58 @@ def test_engine__separate_mix_step_encodes_twice_per_mix_batch_and_trains_differ
     assert len(calls) == 2 * steps
     assert m_sep["compute_tflop"] > m_mer["compute_tflop"]
     assert m_sep["loss_ssl"] != m_mer["loss_ssl"]
+
+
+# --- the CUDA defaults and the CPU -------------------------------------------------------------------
+
+# Read-only queries and the seeding every torch.manual_seed does (queued until CUDA starts, which never happens
+# here): anything else in torch.cuda touches a device. _lazy_init is where every CUDA tensor or kernel starts it.
+CUDA_ALLOWED = {"is_available", "is_initialized", "device_count", "manual_seed", "manual_seed_all", "seed", "seed_all"}
+
+
+def _forbid_cuda(monkeypatch):
+    def refuse(name):
+        def call(*args, **kwargs):
+            raise AssertionError(f"torch.cuda.{name} called with the device on the CPU")
+        return call
+
+    for name in dir(torch.cuda):
+        obj = getattr(torch.cuda, name)
+        public_function = callable(obj) and not isinstance(obj, type) and not name.startswith("_")
+        if (public_function and name not in CUDA_ALLOWED) or name == "_lazy_init":
+            monkeypatch.setattr(torch.cuda, name, refuse(name))
+
+
+def _process_numerics():
+    return (torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            torch.get_float32_matmul_precision(), torch.backends.cudnn.benchmark)
+
+
+def test_engine__nothing_calls_cuda_when_the_device_is_the_cpu(digits_data, monkeypatch):
+    before = _process_numerics()
+    _forbid_cuda(monkeypatch)
+    cfg = small_config(deterministic=True)  # plan: 1 SSL, 1 mix, 1 SL
+    engine = Engine(cfg, data=digits_data)
+    _run(engine)
+    engine.evaluate("test"), engine.reconstruct(2)
+    Engine(cfg, data=digits_data).load_state_dict(engine.state_dict())
+    assert _process_numerics() == before  # the CUDA settings (deterministic kernels, TF32) stay off the CPU
+
+
+def test_engine__deterministic_on_the_cpu_gives_the_same_run(digits_data):
+    cfg = small_config(e_ssl=1, e_sl=1, rho=1.0)  # one mix epoch
+    plain, deterministic = Engine(cfg, data=digits_data), Engine(cfg.replace(deterministic=True), data=digits_data)
+    assert _strip_timing(_run(plain)) == _strip_timing(_run(deterministic))
+    for k, v in plain.model.state_dict().items():
+        assert torch.equal(v, deterministic.model.state_dict()[k]), k
+
+
+@pytest.mark.slow  # torch.compile takes minutes on a CPU
+def test_engine__bf16_autocast_and_compile_the_cuda_defaults_train_and_resume_exactly_on_the_cpu(digits_data,
+                                                                                                   monkeypatch):
+    _forbid_cuda(monkeypatch)  # and still nothing of CUDA runs
+    cfg = small_config(amp="on", compile="on")  # plan: 1 SSL, 1 mix, 1 SL
+    engine = Engine(cfg, data=digits_data)
+    assert engine.run.amp and engine.run.compile
+    assert engine.model.forward_encoder is not engine._encoder_fwd  # training goes through the compiled encoder
+    _assert_resumes_exactly(cfg, digits_data, stop_after=1)

@@ -201,10 +201,13 @@ def test_serve__a_server_that_keeps_dying_is_started_with_backoff_then_given_up_
 
 
 def _serve_command(db: Path, bucket: Path, port: int, *flags) -> list[str]:
+    """`serve` as cluster.yaml runs it, the bucket a local folder."""
     return [sys.executable, "-m", "tuning.mlflow_store", "serve", "--db", str(db),
-            "--backup", str(bucket / "mlflow.db"), "--artifacts", str(bucket / "artifacts"), "--port", str(port), "--workers", "1", *flags]
+            "--backup", str(bucket / "mlflow.db"), "--artifacts", str(bucket / "artifacts"),
+            "--port", str(port), "--workers", "1", *flags]
 
 
+@pytest.mark.slow
 def test_serve__a_port_that_is_taken_ends_the_supervisor_with_exit_1_after_the_given_failures(tmp_path, processes):
     log = tmp_path / "serve.log"
     with socket.socket() as taken:
@@ -302,6 +305,7 @@ def test_serve__a_new_head_finds_every_run_and_artifact_of_a_search_in_the_bucke
         con.close()
 
 
+@pytest.mark.slow
 def test_serve__restarts_the_mlflow_server_when_it_dies(tmp_path, processes):
     server = MlflowServer(tmp_path / "head", processes, bucket=tmp_path / "bucket").start()
     first = server.server_pid()

@@ -2,7 +2,7 @@
 import io
 from types import SimpleNamespace
 
-from tuning.progress import Estimate, Line, Progress, describe, paper_setting_on_cpu_warning
+from tuning.progress import Estimate, Line, Progress, describe, estimate, paper_setting_on_cpu_warning
 from trainable.schedule import phase_plan
 
 
@@ -75,3 +75,20 @@ def test_describe__trials_epochs_images_and_time_on_the_slots_and_the_cpu_warnin
     assert describe(est, {}, 1, False) == "this search: about 3 trials, 45 epochs, 0.06 M images"
     assert "--gpus-per-trial 0.25" in paper_setting_on_cpu_warning("vit_tiny", 0)
     assert paper_setting_on_cpu_warning("vit_tiny", 0.25) is None and paper_setting_on_cpu_warning("tiny", 0) is None
+
+
+def test_estimate__counts_the_queued_trials_and_the_confirmation_runs():
+    from search_spaces import load
+    from trainable.datasets import load_dataset
+    from tuning.searcher import ExperimentSearcher
+    space = load("smoke")
+    base = {"datasets": ["digits"], "ssl_dataset": None, "val_frac": 0.1}
+    loaded = {"digits": load_dataset("digits", "data")}
+
+    def searcher(confirm):
+        return ExperimentSearcher(space, fractions=[1.0], seeds=2, budgets=[2], epoch_scale=1.0, num_samples=1,
+                                  inner=None, metric="val_acc", mode="max", confirm_seeds=confirm)
+    plain, confirmed = (estimate(searcher(c), space, loaded, base) for c in (0, 3))
+    assert plain.trials == 4 + 4 * 2  # the baselines and a grid of 4 on 2 seeds
+    assert confirmed.trials == plain.trials + 3 * 4  # on 3 fresh seeds: chosen, default, SL, SSL+SL
+    assert confirmed.epochs > plain.epochs

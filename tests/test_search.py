@@ -165,7 +165,7 @@ def test_search__resumes_after_the_driver_is_killed_at_a_new_location_without_re
     cmd = [sys.executable, str(REPO / "tuning" / "search.py"), *TINY, "--space", "smoke", "--name", name,
            "--num-samples", "4", "--scheduler", "fifo", "--storage-path", str(tmp_path), "--address", ray_cluster,
            "--max-concurrent", "2", "--mlflow-uri", mlflow_server, "--experiment", "killed"]
-    driver = processes.start(cmd, log=tmp_path / "driver.log", env=NO_GPU)
+    proc = processes.start(cmd, log=tmp_path / "driver.log", env=NO_GPU)
     exp = tmp_path / name
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -173,7 +173,7 @@ def test_search__resumes_after_the_driver_is_killed_at_a_new_location_without_re
         if len(done) >= 2:
             break
         time.sleep(0.2)
-    kill_session(driver)
+    kill_session(proc)
     assert len(done) >= 2, "the search never finished two trials"
     before = trial_results(exp)
     finished_before = {t: len(rs) for t, rs in before.items() if rs[-1].get("done")}
@@ -210,15 +210,16 @@ def test_search__ctrl_c_stops_with_a_resume_hint_and_resume_finishes(ray_cluster
     cmd = [sys.executable, str(REPO / "tuning" / "search.py"), *TINY, "--space", "smoke", "--name", "ctrlc",
            "--num-samples", "2", "--scheduler", "fifo", "--storage-path", str(tmp_path), "--address", ray_cluster,
            "--mlflow-uri", store, "--experiment", "ctrlc"]
-    driver = processes.start(cmd, log=tmp_path / "driver.log", env=NO_GPU)
+    proc = processes.start(cmd, log=tmp_path / "driver.log", env=NO_GPU)
     deadline = time.time() + 180
     while time.time() < deadline and not any(len(rs) >= 2 for rs in trial_results(tmp_path / "ctrlc").values()):
         time.sleep(0.2)
-    driver.send_signal(signal.SIGINT)
-    driver.wait(timeout=120)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
     out = (tmp_path / "driver.log").read_text()
-    assert driver.returncode == 130, out[-2000:]
+    assert proc.returncode == 130, out[-2000:]
     assert "continue with: python tuning/search.py --resume --name ctrlc" in out
+    assert "== PARTIAL: the search stopped before its end" in out
     from mlflow import MlflowClient
     c = MlflowClient(store)
     eid = c.get_experiment_by_name("ctrlc").experiment_id
@@ -429,6 +430,7 @@ def test_search__warm_start_from_a_search_on_other_data_is_refused(tmp_path, cap
 
 
 def test_search__tune_may_keep_as_many_trials_pending_as_there_are_slots(ray_cluster, monkeypatch):
+    from tuning import cluster
     """Tune keeps one trial pending for a search algorithm of its own kind: freed slots then fill one at a
     time and an autoscaler is asked for one worker at a time."""
     args = search.build_parser().parse_args([*TINY, "--cpus-per-trial", "0.5"])
@@ -509,15 +511,23 @@ def test_search__resume_compares_the_space_files_content_not_its_path(tmp_path):
     assert json.loads((tmp_path / "spaced" / experiment.SPACE_FILE).read_text()) == {"alpha": [0.1, 0.9], "epochs": 2}
 
 
-def test_search__a_space_over_mask_ratio_runs_each_value_and_reports_each(ray_cluster, tmp_path):
+def test_search__a_space_over_mask_ratio_runs_each_value_and_reports_each_confirmed_on_fresh_seeds(
+        ray_cluster, tmp_path):
     space = tmp_path / "mask.yaml"
     space.write_text("mask_ratio: [0.5, 0.9]\nalpha: 0.5\nrho: 0.5\nepochs: 2\n")
     df, out = run_search_cli(tmp_path, "--space", str(space), "--name", "mask", "--search", "random",
-                             "--num-samples", "2", "--scheduler", "fifo", "--no-mlflow")
-    mix = df[df["method"] == "mixtraining"]
+                             "--num-samples", "2", "--scheduler", "fifo", "--no-mlflow", "--confirm-seeds", "1")
+    search_runs, confirm = df[df["confirm"] == ""], df[df["confirm"] != ""]
+    mix = search_runs[search_runs["method"] == "mixtraining"]
     assert sorted(mix["mask_ratio"]) == [0.5, 0.9] and mix["completed"].all()  # both ran, neither answered
     assert (df.loc[df["method"] != "mixtraining", "mask_ratio"] == 0.75).all()  # baselines at the default
-    assert "| configs tried | alpha | rho | lam | mask_ratio |" in out and "| 2 | 0.5 | 0.5 | 0.5 |" in out
+    # the choice, the paper's default (mask ratio 0.75) and both baselines on seed 1, which the search never used
+    assert sorted(zip(confirm["confirm"], confirm["mask_ratio"])) == sorted(
+        [("baseline", 0.75), ("baseline", 0.75), ("default", 0.75),
+         ("tuned", float(mix.loc[mix["val_acc"].idxmax(), "mask_ratio"]))])
+    assert (confirm["seed"] == 1).all() and (search_runs["seed"] == 0).all() and confirm["completed"].all()
+    assert "every row from confirmation seeds the search never used" in out
+    assert "| configs tried | alpha | rho | lam | mask_ratio |" in out and "| MixTraining (default) |" in out
     configs = out.split("== MixTraining configurations tried")[1]
     assert "mask_ratio=0.5" in configs and "mask_ratio=0.9" in configs
     assert (tmp_path / "mask" / "parameter_study" / "mask_ratio.png").exists()
@@ -553,3 +563,13 @@ def test_search__a_password_in_the_tracking_uri_is_never_written_and_resume_take
         experiment.load_args(search.build_parser().parse_args(resume), flags.given_flags(resume))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", secret)
     assert experiment.load_args(search.build_parser().parse_args(resume), flags.given_flags(resume)).mlflow_uri == secret
+
+
+def test_search__a_time_budget_stops_the_search_with_the_partial_comparison_and_a_resume_hint(
+        ray_cluster, tmp_path, capsys):
+    rc = search.main([*TINY, "--space", "smoke", "--num-samples", "2", "--scheduler", "fifo", "--no-mlflow",
+                      "--time-budget", "2", "--storage-path", str(tmp_path), "--name", "budget"])
+    captured = capsys.readouterr()
+    assert rc == 130
+    assert "== PARTIAL: the search stopped before its end" in captured.out
+    assert "continue with: python tuning/search.py --resume --name budget" in captured.err

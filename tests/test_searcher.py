@@ -166,10 +166,10 @@ def test_searcher__the_chosen_configuration_is_completed_on_the_seeds_the_schedu
     best = by_config[(0.9, 0.5)]
     s.on_trial_complete(best[0], {"val_acc": 0.9, "completed": True})
     s.on_trial_complete(best[1], {"val_acc": 0.2, "completed": False})  # stopped early by ASHA
-    for (alpha, rho), seeds in by_config.items():
+    for (alpha, rho), seeds in by_config.items():  # none completed every seed: survivors are all there is to rank
         if (alpha, rho) != (0.9, 0.5):
-            for seed, tid in seeds.items():
-                s.on_trial_complete(tid, {"val_acc": 0.6, "completed": True})
+            s.on_trial_complete(seeds[0], {"val_acc": 0.6, "completed": True})
+            s.on_trial_complete(seeds[1], {"val_acc": 0.1, "completed": False})
     completion = s.suggest("c0")
     assert (completion["alpha"], completion["rho"], completion["seed"], completion["_completion"]) == (0.9, 0.5, 1, True)
     group = next(c["_group"] for _, c in trials if (c["alpha"], c["rho"]) == (0.9, 0.5))
@@ -244,22 +244,57 @@ def _by_config(trials):
     return by
 
 
+def test_searcher__selection_on_equal_footing_ranks_configurations_that_completed_every_seed():
+    """A configuration whose weak seed the scheduler stopped is not ranked on its surviving seed alone."""
+    s = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=2, budgets=[2], epoch_scale=1.0,
+                           num_samples=1, inner=None, metric="val_acc", mode="max", baselines=False, confirm_seeds=1)
+    by = _by_config(_drain(s)[0])
+    lucky = by.pop((0.9, 0.5))
+    s.on_trial_complete(lucky[0], {"val_acc": 0.95, "completed": True})
+    s.on_trial_complete(lucky[1], {"val_acc": 0.2, "completed": False})  # its weak seed, stopped
+    for i, seeds in enumerate(by.values()):
+        for tid in seeds.values():
+            s.on_trial_complete(tid, {"val_acc": 0.6 + 0.01 * i, "completed": True})
+    chosen = s.suggest("c0")  # no completion run: the choice completed every seed; its confirmation comes
+    assert chosen["_confirm"] == "tuned" and chosen["seed"] == 2 and (chosen["alpha"], chosen["rho"]) != (0.9, 0.5)
+
+
+def test_searcher__confirmation_runs_the_choice_the_default_and_the_baselines_on_fresh_seeds_only():
+    s = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=2, budgets=[2], epoch_scale=1.0,
+                           num_samples=1, inner=None, metric="val_acc", mode="max", confirm_seeds=2)
+    planned = s.max_trials
+    trials, _ = _drain(s)
+    for tid, c in trials:
+        good = c["method"] == "mixtraining" and (c["alpha"], c["rho"]) == (0.1, 1.0)
+        s.on_trial_complete(tid, {"val_acc": 0.9 if good else 0.5, "completed": True})
+    confirm, end = _drain(s)
+    cfgs = sorted((c["_confirm"], c["method"], c.get("alpha"), c.get("rho"), c["seed"]) for _, c in confirm)
+    assert cfgs == sorted([(role, m, a, r, seed) for seed in (2, 3) for role, m, a, r in (
+        ("tuned", "mixtraining", 0.1, 1.0), ("default", "mixtraining", 0.5, 0.5),
+        ("baseline", "sl", None, None), ("baseline", "ssl_sl", None, None))])
+    assert all(c["e_sl"] == 2 and "_group" not in c for _, c in confirm)
+    assert len(trials) + len(confirm) <= planned and end == Searcher.FINISHED or end is None
+
+
 def test_searcher__a_failed_trial_retried_on_resume_counts_with_its_result():
     s = ExperimentSearcher(get_space("smoke"), fractions=[1.0], seeds=2, budgets=[2], epoch_scale=1.0,
-                           num_samples=1, inner=None, metric="val_acc", mode="max", baselines=False)
+                           num_samples=1, inner=None, metric="val_acc", mode="max", baselines=False,
+                           confirm_seeds=1)
     by = _by_config(_drain(s)[0])
     a, b = by.pop((0.9, 0.5)), by.pop((0.1, 0.5))
     s.on_trial_complete(a[0], None, error=True)
     s.on_trial_complete(a[1], {"val_acc": 0.9, "completed": True})
     s.on_trial_complete(b[0], {"val_acc": 0.7, "completed": True})
     s.on_trial_complete(b[1], {"val_acc": 0.3, "completed": False})  # stopped early
-    for seeds in by.values():
-        for tid in seeds.values():
-            s.on_trial_complete(tid, {"val_acc": 0.1, "completed": True})
+    for seeds in by.values():  # none completes every seed: the completed runs are ranked as they are
+        s.on_trial_complete(seeds[0], {"val_acc": 0.1, "completed": True})
+        s.on_trial_complete(seeds[1], {"val_acc": 0.1, "completed": False})
     s.on_trial_result(a[0], {"phase": "sl", "epoch": 1})  # `--resume` retries the failed trial
-    s.on_trial_complete(a[0], {"val_acc": 0.1, "completed": True})  # (0.9 + 0.1) / 2 < 0.7: b is the best
-    completion = s.suggest("c0")
-    assert (completion["alpha"], completion["rho"], completion["seed"]) == (0.1, 0.5, 1)
+    s.on_trial_complete(a[0], {"val_acc": 0.1, "completed": True})
+    # With its result, a completed both seeds: the only configuration that did, so the choice, with nothing to
+    # complete (counted as a failure, a would have been ranked on its 0.9 alone and completed on seed 0).
+    first = s.suggest("c0")
+    assert "_completion" not in first and (first["_confirm"], first["alpha"], first["rho"]) == ("tuned", 0.9, 0.5)
 
 
 def test_searcher__an_earlier_searchs_completion_runs_finish_their_seed_and_stay_out_of_the_mean():

@@ -95,6 +95,16 @@ def test_driver_lock__same_hostname_on_another_machine_is_not_this_host(tmp_path
         storage.DriverLock(folder).acquire()
 
 
+def test_driver_lock__an_unreadable_record_holds_it_until_it_is_as_old_as_a_stale_heartbeat(tmp_path):
+    folder = storage.Folder(str(tmp_path / "exp"))
+    folder.child(storage.DriverLock.NAME).write_text("0", '{"token": "half')  # torn, or still being written
+    with pytest.raises(storage.LockHeld):
+        storage.DriverLock(folder).acquire()
+    old = time.time() - 2 * storage.DriverLock.STALE_S
+    os.utime(tmp_path / "exp" / storage.DriverLock.NAME / "0", (old, old))
+    storage.DriverLock(folder).acquire().release()
+
+
 def test_driver_lock__an_earlier_versions_lock_file_is_honoured_while_live_and_replaced_when_stale(tmp_path):
     folder = storage.Folder(str(tmp_path / "exp"))
     legacy = {"token": "old", "host": "another-host", "pid": 1, "heartbeat": time.time()}

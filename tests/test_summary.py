@@ -10,13 +10,13 @@ from scipy import stats
 from tuning.summary import choose_best, comparison_table, format_paired, format_table, paired_stats, trial_row, holm
 
 
-def row(method, seed, val, test, alpha=0.5, rho=0.5, completed=True, error=None, completion=False,
+def row(method, seed, val, test, alpha=0.5, rho=0.5, completed=True, error=None, completion=False, confirm="",
         dataset="digits", time=10.0, tflop=1.0, wall=20.0):
     config = {"method": method, "datasets": [dataset], "model": "tiny", "fraction": 1.0, "e_ssl": 10, "e_sl": 10,
-              "seed": seed, "alpha": alpha, "rho": rho, "_completion": completion, "_epoch_scale": 0.1}
+              "seed": seed, "alpha": alpha, "rho": rho, "_completion": completion, "_confirm": confirm}
     metrics = {"val_acc": val, "test_acc": test, "calibrated_time_s": time, "compute_tflop": tflop,
                "train_time_s": wall, "trial_id": f"{method}-{seed}-{alpha}-{rho}-{completion}"}
-    return trial_row(config, metrics, completed=completed, error=error)
+    return trial_row(config, metrics, completed=completed, error=error, epoch_scale=0.1)
 
 
 def frame(*rows):
@@ -97,7 +97,8 @@ def test_paired_stats__mean_and_t_interval_of_the_per_seed_differences():
     assert sl["p_holm"] == pytest.approx(2 * p_sl) and not sl["significant"]
     assert r["p_holm"] == pytest.approx(max(2 * p_sl, p_ssl))
     text = format_paired(paired.reset_index())
-    assert "MixTraining - SL (fraction 1, epochs 10): +17.67 points, 95% CI [" in text and " *" not in text
+    assert "MixTraining - SL (fraction 1, epochs 10): +17.67 points at " in text and " *" not in text
+    assert "95% CI [" in text
 
 
 def test_holm__step_down_adjusted_p_values_non_decreasing_and_untested_left_out():

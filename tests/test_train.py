@@ -59,6 +59,12 @@ def test_train__a_checkpoint_of_another_config_is_refused_with_a_message(tmp_pat
     assert "was trained with a different config: fields ['alpha'] differ" in err and "Traceback" not in err
 
 
+def test_train__deterministic_flag_reaches_the_config():
+    parser = train.build_parser()
+    assert train.config_from(parser.parse_args([*TEST, "--deterministic"]), parser).deterministic
+    assert not train.config_from(parser.parse_args(TEST), parser).deterministic
+
+
 def _never_trains(monkeypatch):
     def refuse(self):
         raise AssertionError("an epoch trained before the checkpoint was checked")

@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-TINY = ["--dataset", "digits", "--model", "test", "--verbose", "0", "--cpus-per-trial", "1"]
+TINY = ["--dataset", "digits", "--model", "test", "--verbose", "0", "--cpus-per-trial", "1", "--confirm-seeds", "0"]
 REPO = Path(__file__).resolve().parent.parent  # where `python -m tuning...` finds the package
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # for processes that must not see a GPU, whatever the machine has
 

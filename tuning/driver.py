@@ -32,7 +32,7 @@ from tuning.plots import report_files
 from tuning.progress import Line, Progress, describe, estimate, paper_setting_on_cpu_warning
 from tuning.redact import redact
 from tuning.schedulers import SCHEDULERS
-from tuning.searcher import GROUP, ExperimentSearch
+from tuning.searcher import GROUP
 from tuning.searchers import make_searcher
 from tuning.summary import choose_best, comparison_table, config_keys, same_config, trial_row
 
@@ -50,6 +50,15 @@ class Outcome:
     folder: storage.Folder  # the experiment folder
     parent: str | None  # the MLflow parent run
     links: tuple[str, ...] = ()  # how to see it in MLflow's UI
+    chosen: tuple[dict, ...] = ()  # per fraction and budget, the chosen configuration's config (experiment.CHOSEN_FILE)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The search stopped before its end (Ctrl-C, --time-budget): `outcome` holds the runs that finished."""
+
+    def __init__(self, results=None):
+        super().__init__()
+        self.results, self.outcome = results, None
 
 
 def run(args: argparse.Namespace, given: set[str] | None = None) -> Outcome:
@@ -73,7 +82,13 @@ def run(args: argparse.Namespace, given: set[str] | None = None) -> Outcome:
         planned = announce_cost(args, searcher, space, loaded, base, folder, step_seconds)
         parent = start_tracking(args, folder)
         tuner, tracker = make_tuner(args, space, base, loaded, settings, parent, folder, restore, searcher, planned)
-        results = fit(tuner, parent, args.mlflow_uri, cluster_pending(args))
+        try:
+            results = fit(tuner, parent, args.mlflow_uri, cluster_pending(args))
+        except Interrupted as stop:  # the comparison of what finished, marked partial by the command
+            if stop.results is not None:
+                df = trial_rows(stop.results, base, settings.epoch_scale, search_spaces.table_keys(space), history)
+                stop.outcome = Outcome(args, df, comparison_table(df), folder, parent)
+            raise
         return finish(args, space, results, base, settings, parent, folder, history, tracker)
 
 
@@ -201,7 +216,7 @@ def make_tuner(args, space: dict, base: dict, loaded: dict, settings: TrialSetti
     ray_verbose = min(args.verbose, 1) * 2  # Ray's trial tables and results only when asked
     if restore:
         tuner = tune.Tuner.restore(folder.uri, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        ray_internals.override_restored_run(tuner, callbacks, failures, ray_verbose)
+        ray_internals.override_restored_run(tuner, callbacks, failures, ray_verbose, args.time_budget)
         ray_internals.restored_search_alg(tuner).resume_with(storage.absolute(args.storage_path), args.name,
                                                              args.max_failures, args.max_concurrent)
         return tuner, tracker
@@ -210,9 +225,9 @@ def make_tuner(args, space: dict, base: dict, loaded: dict, settings: TrialSetti
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(  # concurrency: the searcher's own limit, which a resume may change
-            search_alg=ExperimentSearch(searcher),
+            search_alg=ray_internals.ExperimentSearch(searcher),
             scheduler=SCHEDULERS[args.scheduler].for_search(space, args.grace_period),
-            num_samples=searcher.max_trials, reuse_actors=True),
+            num_samples=searcher.max_trials, reuse_actors=True, time_budget_s=args.time_budget),
         run_config=tune.RunConfig(
             name=args.name, storage_path=storage.absolute(args.storage_path), verbose=ray_verbose,
             callbacks=callbacks, failure_config=failures,
@@ -228,9 +243,10 @@ def fit(tuner, parent: str | None, mlflow_uri: str | None, pending: int = 1):
     """Tune's results; KeyboardInterrupt when the search was interrupted (its parent run then KILLED)."""
     try:
         results = ray_internals.fit_with_pending(tuner, pending)
-        # On Ctrl-C Tune saves its state and returns; trials neither done nor failed mean that.
+        # On Ctrl-C, or when --time-budget runs out, Tune saves its state and returns; trials neither done nor
+        # failed mean that.
         if any(r.error is None and not (r.metrics or {}).get("done") for r in results):
-            raise KeyboardInterrupt
+            raise Interrupted(results)
         return results
     except BaseException:
         if parent:
@@ -248,6 +264,9 @@ def finish(args, space: dict, results, base: dict, settings: TrialSettings, pare
     if not table.empty:
         for name, data in files.items():
             folder.write_bytes(name, data)
+    chosen = chosen_configurations(df, base, settings.epoch_scale)
+    if chosen:
+        folder.write_text(experiment.CHOSEN_FILE, json.dumps(chosen, indent=1))
     best = best_checkpoint(results, df)
     if parent:
         tracking.finish_parent(args.mlflow_uri, parent, df, files, best, settings.step_seconds, folder=folder.uri,
@@ -255,7 +274,21 @@ def finish(args, space: dict, results, base: dict, settings: TrialSettings, pare
                                delivery=tracker.delivery if tracker else None)
     if not args.keep_checkpoints:
         log.info("removed %d checkpoint(s) of finished trials", prune_all_but(results, best))
-    return Outcome(args, df, table, folder, parent, tuple(mlflow_links(args.mlflow_uri, parent)))
+    return Outcome(args, df, table, folder, parent, tuple(mlflow_links(args.mlflow_uri, parent)), tuple(chosen))
+
+
+def chosen_configurations(df: pd.DataFrame, base: dict, epoch_scale: float) -> list[dict]:
+    """Per comparison group the chosen MixTraining configuration as a full config (the search's shared fields and
+    the configuration's), with the epoch scale it was tuned at: what `python -m trainable.train` trains."""
+    keys = config_keys(df)
+    out = []
+    for r in choose_best(df).to_dict("records"):
+        fields = {**base, "method": "mixtraining", "fraction": r["fraction"], "e_sl": int(r["epochs"]),
+                  **{k: r[k] for k in keys if k in base}}
+        fields["e_ssl"] = int(r.get("e_ssl", fields["e_sl"]))
+        out.append({"config": {k: v.item() if hasattr(v, "item") else v for k, v in fields.items()},
+                    "tuned_at_epoch_scale": epoch_scale, "mean_val_acc": float(r["mean_val"])})
+    return out
 
 
 def mlflow_links(uri: str | None, parent: str | None) -> list[str]:

@@ -39,6 +39,7 @@ PARENT_FILE = "mlflow_parent_run.txt"  # the MLflow parent run, so --resume cont
 CALIBRATION_FILE = "step_seconds.json"  # each step kind's cost measured alone at the start
 PLAN_FILE = "plan.json"  # the planned trials and epochs, which the progress output counts against
 PREFIX_DIR = "ssl_prefixes"  # the shared SSL-prefix store
+CHOSEN_FILE = "chosen.json"  # the chosen configurations, as `python -m trainable.train` takes them
 
 
 class UsageError(Exception):
@@ -47,7 +48,7 @@ class UsageError(Exception):
 
 def own_files() -> tuple[str, ...]:
     """What a search writes into its experiment folder besides Ray Tune's own state."""
-    return (ARGS_FILE, SPACE_FILE, PARENT_FILE, CALIBRATION_FILE, PLAN_FILE, PREFIX_DIR, storage.DriverLock.NAME,
+    return (ARGS_FILE, SPACE_FILE, PARENT_FILE, CALIBRATION_FILE, PLAN_FILE, PREFIX_DIR, CHOSEN_FILE, storage.DriverLock.NAME,
             *tracking.FILES, *REPORT_ENTRIES)
 
 
@@ -73,7 +74,7 @@ def clear_tune_leftovers(folder: storage.Folder) -> None:
 def hold_lock(folder: storage.Folder, name: str):
     """One driver per experiment, for the duration of the block."""
     try:
-        lock = storage.DriverLock(folder).acquire()
+        lock = storage.DriverLock(folder, on_lost=storage.exit_on_lost).acquire()  # a successor owns it: stop
     except storage.LockHeld as e:
         raise UsageError(f"experiment {name!r} is being run by another driver ({e}); wait for it to end or stop it "
                          f"(the lock of a killed driver lapses within {storage.DriverLock.STALE_S:.0f} s)") from None
@@ -171,6 +172,8 @@ def prepare(args: argparse.Namespace, folder: storage.Folder,
         if folder.exists(PARENT_FILE) and not args.no_mlflow:  # the parent of an attempt that never got going
             tracking.end_run(args.mlflow_uri, folder.read_text(PARENT_FILE).strip(), "KILLED")
             folder.delete(PARENT_FILE)
+    # Settings saved without the command's checks (by a library caller) take the command's defaults.
+    args.search, args.scheduler = args.search or "optuna", args.scheduler or "asha"
     restore = args.resume and snapshotted(folder)
     if not restore and folder.exists(ARGS_FILE):
         log.info("experiment %s stopped before its first snapshot: starting it afresh", folder.uri)

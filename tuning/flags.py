@@ -73,6 +73,10 @@ def _search_args(g) -> None:
          help="configurations per fraction for optuna/random (default 10); each runs --seeds times")
     _arg(g, RESULT, "--seeds", type=number(int, 1, MAX_SEEDS), default=1,
          help="seeds per configuration, averaged (the paper uses 4)")
+    _arg(g, RESULT, "--confirm-seeds", type=number(int, 0, MAX_SEEDS), default=2,
+         help="after the search has chosen, run the chosen configuration, the paper's default, SL and SSL+SL on "
+              "this many fresh seeds the search never used; the comparison reports those runs only (default 2; "
+              "the paper's protocol: 4; 0: report the search's own runs, selected on the same seeds: optimistic)")
     _arg(g, SEARCH, "--fraction", type=FRACTION, nargs="+", default=[1.0],
          help="data fraction(s) p in (0, 1], one search each (default 1.0)")
     _arg(g, RESULT, "--epoch-scale", type=number(float, 0, MAX_EPOCH_SCALE, low_open=True), default=1.0,
@@ -109,6 +113,9 @@ def _resource_args(g) -> None:
          help="keep every trial's last checkpoint (default: only running, failed and best-model trials')")
     _arg(g, RUN, "--max-failures", type=number(int, 0, 100), default=3,
          help="retries of a failed trial from its checkpoint")
+    _arg(g, RUN, "--time-budget", type=POSITIVE, metavar="SECONDS",
+         help="stop the search after this long (Ray Tune's time_budget_s), print the comparison of what finished, "
+              "marked partial, and how to resume")
     _arg(g, RUN, "--dry-run", action="store_true",
          help="print the resolved settings, the space, the phase plans and the cost estimate, then exit")
 

@@ -50,10 +50,16 @@ def client(uri: str):
 def artifact_location(uri: str) -> str | None:
     """Where a new experiment of a local sqlite store keeps its artifacts: `mlruns/` next to the database, as
     an absolute path (MLflow's default, `./mlruns`, lands in whatever folder each logging process runs
-    in); for a server, its own choice (None)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return str(Path(os.path.abspath(uri[len("sqlite:///"):])).parent / "mlruns")
+    in); for a database server (postgresql://...), `mlruns/` in the driver's folder as an absolute path, said
+    once (only the driver logs artifacts; on a cluster, run an MLflow server with --artifacts-destination in
+    the bucket instead); for a tracking server, its own choice (None)."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(os.path.abspath(uri[len("sqlite:///"):])).parent / "mlruns")
+    if uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "mysql", "mssql"):
+        where = os.path.abspath("mlruns")
+        log.info("MLflow artifacts of a new experiment in a database store go to %s", where)
+        return where
+    return None
 
 
 def experiment_id(c, name: str, uri: str) -> str:
@@ -136,7 +142,7 @@ class MLflowCalls:
 
 # --- the operations ------------------------------------------------------------------------------------
 
-def op(cls: type) -> type:
+def operation(cls: type) -> type:
     """An operation type (a class decorator): a frozen dataclass, registered in OPS for the journal."""
     return OPS.add(dataclass(frozen=True, kw_only=True)(cls))
 
@@ -149,7 +155,7 @@ class RunOp:
     trial: str | None = None
 
 
-@op
+@operation
 class OpenTrialRun(RunOp):
     """The trial's run: the one mapped or found, else a new one; its parameters when it has none yet."""
     experiment: str
@@ -168,7 +174,7 @@ class OpenTrialRun(RunOp):
         m.runs[self.trial] = run.info.run_id
 
 
-@op
+@operation
 class SetStatus(RunOp):
     """RUNNING, or a run's end (FINISHED, FAILED, KILLED); ignored when the run shows a newer change."""
     status: str
@@ -187,7 +193,7 @@ class SetStatus(RunOp):
         m.client.set_tag(run_id, STATUS_AT, str(self.at))  # after the change: a crash between replays it
 
 
-@op
+@operation
 class LogMetrics(RunOp):
     metrics: list  # [key, value, timestamp ms, step]
 
@@ -196,7 +202,7 @@ class LogMetrics(RunOp):
         m.client.log_batch(m.run_id(self), metrics=[Metric(k, v, ts, step) for k, v, ts, step in self.metrics])
 
 
-@op
+@operation
 class SetTag(RunOp):
     key: str
     value: str
@@ -205,7 +211,7 @@ class SetTag(RunOp):
         m.client.set_tag(m.run_id(self), self.key, self.value)
 
 
-@op
+@operation
 class LogText(RunOp):
     file: str
     text: str
@@ -214,7 +220,7 @@ class LogText(RunOp):
         m.client.log_text(m.run_id(self), self.text, self.file)
 
 
-@op
+@operation
 class LogPng(RunOp):
     """A PNG that travels in the operation (so a journal holds it whole); MLflow takes artifacts from files."""
     file: str
@@ -227,7 +233,7 @@ class LogPng(RunOp):
             m.client.log_artifact(m.run_id(self), path, os.path.dirname(self.file) or None)
 
 
-@op
+@operation
 class LogInputs(RunOp):
     """The trial's datasets as MLflow dataset inputs (name, digest, context, sizes), for the UI's Dataset
     column and filters. Per-run facts (fraction, seed) go in the input tags: MLflow keeps one profile
@@ -245,7 +251,7 @@ class LogInputs(RunOp):
         m.client.log_inputs(m.run_id(self), datasets=inputs)
 
 
-@op
+@operation
 class LogBestModel(RunOp):
     checkpoint: str  # a path or URI that Ray's Checkpoint resolves
     register: str | None = None
@@ -254,7 +260,7 @@ class LogBestModel(RunOp):
         log_best_model(m.client, m.run_id(self), Checkpoint(self.checkpoint), self.register, m.uri)
 
 
-@op
+@operation
 class DropOrphans(RunOp):
     trial_ids: list
 

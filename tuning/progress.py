@@ -64,7 +64,10 @@ def _points(space: dict[str, Any], n: int = 64) -> list[dict[str, Any]]:
 
 
 def estimate(searcher, space: dict[str, Any], loaded: dict, base: dict) -> Estimate:
-    """The plan of the search's queued trials and of its proposals still to come (the space's average)."""
+    """The plan of the search's queued trials, of its proposals still to come (the space's average), and of the
+    runs that confirm each budget's choice on fresh seeds (the chosen configuration taken as the space's
+    average, the default at rho 0.5, SL and SSL+SL). Completion runs, which only some searches need, are not
+    counted."""
     est = Estimate()
     sizes = {}
 
@@ -81,6 +84,14 @@ def estimate(searcher, space: dict[str, Any], loaded: dict, base: dict) -> Estim
         for p in points:
             plan = method_plan("mixtraining", p["e_ssl"], p["e_sl"], p.get("rho", 0.5))
             est.add(plan, *images(fraction), count=left * searcher.seeds / len(points))
+    for fraction in searcher.fractions if getattr(searcher, "confirm_seeds", 0) else []:
+        for e in searcher.budgets:
+            n = searcher.confirm_seeds
+            est.add(method_plan("mixtraining", e, e, 0.5), *images(fraction), count=n)
+            for p in points:
+                est.add(method_plan("mixtraining", e, e, p.get("rho", 0.5)), *images(fraction), count=n / len(points))
+            for method in ("sl", "ssl_sl") if searcher.baselines else ():
+                est.add(method_plan(method, e, e, 0.0), *images(fraction), count=n)
     est.trials = round(est.trials)
     return est
 

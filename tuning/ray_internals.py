@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.train._internal.storage import get_fs_and_path
+from ray.tune.search import SearchGenerator
+
+if TYPE_CHECKING:
+    from tuning.searcher import ExperimentSearcher
 
 # Tune keeps one trial pending for a search algorithm of its own kind (`_get_max_pending_trials`); it reads
 # this variable when `tuner.fit()` builds its controller.
@@ -29,11 +33,12 @@ def fit_with_pending(tuner, pending: int):
             os.environ.pop(PENDING_ENV, None)
 
 
-def override_restored_run(tuner, callbacks: list, failure_config, verbose: int) -> None:
-    """A restored Tuner with this run's callbacks, failure budget and verbosity: `Tuner.restore` takes no
-    arguments for them and would bring back the saved ones."""
+def override_restored_run(tuner, callbacks: list, failure_config, verbose: int, time_budget_s: float | None) -> None:
+    """A restored Tuner with this run's callbacks, failure budget, verbosity and time budget: `Tuner.restore`
+    takes no arguments for them and would bring back the saved ones."""
     run_config = tuner._local_tuner.get_run_config()
     run_config.callbacks, run_config.failure_config, run_config.verbose = callbacks, failure_config, verbose
+    tuner._local_tuner._tune_config.time_budget_s = time_budget_s
 
 
 def restored_search_alg(tuner):
@@ -66,3 +71,29 @@ class _WithoutSearchAlg:
 def without_search_alg(controller):
     """Ray's PBT refuses to run beside any search algorithm (it reads `controller.search_alg`)."""
     return _WithoutSearchAlg(controller)
+
+
+class ExperimentSearch(SearchGenerator):
+    """Ray Tune's SearchGenerator around an ExperimentSearcher, resumable with new run settings.
+
+    On restore Tune brings back the experiment spec it saved when the search started, storage path
+    and failure budget included, and the searcher's own state: a moved experiment's new trials would
+    be written to its old location (Ray 2.60), and a new failure budget or concurrency ignored.
+    `resume_with` gives the values of this run, applied once the saved state is restored.
+    """
+
+    def __init__(self, searcher: ExperimentSearcher):
+        super().__init__(searcher)
+        self.spec_now: dict[str, Any] = {}
+        self.max_concurrent_now: int | None = None
+
+    def resume_with(self, storage_path: str, name: str, max_failures: int, max_concurrent: int | None) -> None:
+        self.spec_now = {"storage_path": storage_path, "name": name, "max_failures": max_failures}
+        self.max_concurrent_now = max_concurrent
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(dirpath)
+        if not self.spec_now:
+            return
+        move_experiment_spec(self._experiment.spec, **self.spec_now)
+        self.searcher.max_concurrent = self.max_concurrent_now

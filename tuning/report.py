@@ -39,7 +39,8 @@ def trial_frame(uri: str, experiment: str, parent_run_id: str | None = None) -> 
         token = page.token
         if not token:
             break
-    rows = [trial_row({**r.data.params, "completion": r.data.tags.get("completion")}, r.data.metrics,
+    rows = [trial_row({**r.data.params, "completion": r.data.tags.get("completion"), "confirm": r.data.tags.get("confirm")},
+                      r.data.metrics,
                       completed=r.data.tags.get("completed") == "true",
                       error=r.data.tags.get("error"), trial_id=r.data.tags.get("trial_id"), status=r.info.status,
                       search=r.data.tags.get("mlflow.parentRunId"))

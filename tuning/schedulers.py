@@ -5,7 +5,7 @@ about a trial: no scheduler may rank, stop or exploit it there. Time is therefor
 `sl_epochs` (epochs in which the classifier trained), and results from before the first such
 epoch are never shown to the scheduler. Baselines always run to the end: the comparison table
 needs their final accuracy, and so do the trials that complete the chosen configuration's stopped
-seeds (tuning.searcher). Each group of comparable MixTraining trials gets its own Ray scheduler:
+seeds and those that confirm it on fresh seeds (tuning.searcher). Each group of comparable MixTraining trials gets its own Ray scheduler:
 - `PhaseAwareASHA`: one `ASHAScheduler` per (fraction, epoch budget). A 10-epoch trial at its
   8th supervised epoch has annealed its learning rate while a 20-epoch trial there is
   mid-schedule; ranking them together kills the longer budgets. ASHA always lets the first
@@ -26,7 +26,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTra
 from search_spaces import searched
 from trainable.tune_trainable import PBT_MUTABLE
 from tuning.ray_internals import without_search_alg
-from tuning.searcher import COMPLETION
+from tuning.searcher import COMPLETION, CONFIRM
 
 SL_EPOCHS = "sl_epochs"
 
@@ -70,7 +70,7 @@ class _Grouped(Choice, FIFOScheduler):
 
     def _inner(self, trial) -> TrialScheduler | None:
         cfg = trial.config
-        if cfg.get("method") != "mixtraining" or cfg.get(COMPLETION):
+        if cfg.get("method") != "mixtraining" or cfg.get(COMPLETION) or cfg.get(CONFIRM):
             return None
         key = tuple(cfg.get(k) for k in self.group_keys)
         if key not in self.groups:

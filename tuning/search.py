@@ -85,8 +85,8 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
 
 def summarize(df: pd.DataFrame, objective: str) -> str:
     table = comparison_table(df)
-    lines = ["", "== Comparison (test accuracy mean ± std over the seeds every method completed; MixTraining "
-                 "chosen on validation; speedups over SSL+SL) ==", format_table(table),
+    lines = ["", f"== Comparison (test accuracy mean ± std over the seeds every method completed; {_basis(table)}; "
+                 "speedups over SSL+SL) ==", format_table(table),
              "", "== Paired differences per seed (test accuracy) ==", format_paired(paired_stats(df)),
              "", "== MixTraining configurations tried (mean over completed seeds; best on validation first) ==",
              format_configurations(configurations(df))]
@@ -110,15 +110,47 @@ def summarize(df: pd.DataFrame, objective: str) -> str:
     return "\n".join(lines)
 
 
+def _basis(table: pd.DataFrame) -> str:
+    """Which runs the comparison's accuracies come from."""
+    if "confirmed" in table and table["confirmed"].all():
+        return ("every row from confirmation seeds the search never used (MixTraining: the configuration chosen on "
+                "validation of the search's seeds; MixTraining (default): the paper's)")
+    if "confirmed" in table and table["confirmed"].any():
+        return "rows with a default from confirmation seeds; the others selected on the same seeds (optimistic)"
+    return ("MixTraining chosen on validation of the same seeds it reports: optimistic under selection "
+            "(--confirm-seeds N reports fresh seeds)")
+
+
 def render(outcome: driver.Outcome) -> str:
     lines = [summarize(outcome.df, outcome.args.objective)]
     if not outcome.table.empty:
         lines.append(f"table saved to {outcome.folder.uri}/comparison.{{csv,md}}")
+    if outcome.chosen:
+        lines.append(f"chosen configurations in {outcome.folder.uri}/{experiment.CHOSEN_FILE}; to train one:")
+        lines += [f"  {train_command(c)}" for c in outcome.chosen]
     if outcome.parent:
         lines.append(f"MLflow: parent run {outcome.parent} in experiment {outcome.args.experiment!r} "
                      f"({redact(outcome.args.mlflow_uri)}); to see it:")
         lines += [f"  {redact(link)}" for link in outcome.links]
     return "\n".join(lines)
+
+
+# Config fields `python -m trainable.train` takes as flags (the others stay at their defaults there).
+TRAIN_FLAGS = ("fraction", "e_ssl", "e_sl", "alpha", "rho", "lam", "model", "batch_size", "ssl_lr", "sl_lr", "mix_step",
+               "mix_optim")
+
+
+def train_command(chosen: dict) -> str:
+    """The command that trains a chosen configuration, saying at which --epoch-scale it was tuned (the epochs in
+    it are already scaled)."""
+    cfg = chosen["config"]
+    flags_ = [f"--{k.replace('_', '-')} {cfg[k]:g}" if isinstance(cfg[k], float) else f"--{k.replace('_', '-')} {cfg[k]}"
+              for k in TRAIN_FLAGS if cfg.get(k) is not None]
+    left = sorted(k for k in cfg if k not in TRAIN_FLAGS and cfg[k] != getattr(MixConfig, k, cfg[k])
+                  and k not in ("datasets", "data_dir", "method", "seed", "ssl_dataset"))
+    return (f"python -m trainable.train --dataset {' '.join(cfg['datasets'])} {' '.join(flags_)}"
+            f"  # tuned at --epoch-scale {chosen['tuned_at_epoch_scale']:g}"
+            + (f"; also set {', '.join(left)} as in the file" if left else ""))
 
 
 def dry_run(args: argparse.Namespace) -> str:
@@ -178,6 +210,10 @@ def configure_output() -> None:
     for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent", "mlflow.models.model"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # database creation and model logging chatter
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory" for every fraction
+    # Ray 2.60 turns token authentication on for a new local instance and says so as a warning at every start.
+    # It stays on (the safe default); the notice does not: setting RAY_AUTH_MODE=token would say the same
+    # silently, but Ray reads it when imported, before a command could set it.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def configure_environment() -> None:
@@ -197,8 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     validate(args, parser)
-    if not args.address:  # a local instance: Ray's default (token authentication on), said once, silently
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
     configure_output()
     if not args.name:
         args.name = f"{search_spaces.label(args.space)}-{'+'.join(args.dataset)}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
@@ -210,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     except (experiment.UsageError, MissingDataError) as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        if isinstance(stop, driver.Interrupted) and stop.outcome is not None and len(stop.outcome.df):
+            print("\n== PARTIAL: the search stopped before its end; the runs that finished so far ==")
+            print(render(stop.outcome))
         print(f"\ninterrupted; continue with: python tuning/search.py --resume --name {args.name}"
               + (f" --storage-path {args.storage_path}" if args.storage_path != flags.DEFAULT_STORAGE else ""),
               file=sys.stderr)

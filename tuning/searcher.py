@@ -8,8 +8,8 @@ Ray Tune's searchers propose points of a space; an experiment here also needs wh
   (`tuning.summary.choose_best`) is completed on the seeds the scheduler stopped, so its test
   accuracy is averaged over every seed, like the baselines'.
 `ExperimentSearcher` does exactly that bookkeeping and delegates the proposals to Optuna
-(`OptunaSearch`, TPE or random sampling) or to a precomputed grid. `ExperimentSearch` is the
-Tune search algorithm around it that a moved or re-configured experiment resumes with.
+(`OptunaSearch`, TPE or random sampling) or to a precomputed grid. `tuning.ray_internals.ExperimentSearch`
+is the Tune search algorithm around it that a moved or re-configured experiment resumes with.
 """
 from __future__ import annotations
 
@@ -18,16 +18,15 @@ import pickle
 from typing import Any
 
 import pandas as pd
-from ray.tune.search import SearchGenerator, Searcher
+from ray.tune.search import Searcher
 
 from search_spaces import BASE_IDENTITY, constants, grid, to_config_fields
 from trainable.config import MixConfig, method_plan
-from tuning.ray_internals import move_experiment_spec
-from tuning.summary import COMPLETION, GROUP, choose_best, same_config
+from tuning.summary import BASELINE, BOTH, COMPLETION, CONFIRM, DEFAULT, GROUP, TUNED, choose_best, same_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COMPLETION", "GROUP", "ExperimentSearch", "ExperimentSearcher", "baseline_configs", "config_key"]
+__all__ = ["COMPLETION", "CONFIRM", "GROUP", "ExperimentSearcher", "baseline_configs", "config_key"]
 
 
 def baseline_configs(budgets: list[int], fractions: list[float], seeds: int) -> list[dict[str, Any]]:
@@ -56,15 +55,18 @@ class ExperimentSearcher(Searcher):
     identity: the config fields that tell configurations apart (`search_spaces.identity`).
     """
 
-    identity: tuple[str, ...] = BASE_IDENTITY  # (for a searcher saved before it was an argument)
+    # (for a searcher saved before these were arguments)
+    identity: tuple[str, ...] = BASE_IDENTITY
+    confirm_seeds, baselines = 0, True
 
     def __init__(self, space: dict[str, Any], fractions: list[float], seeds: int,
                  budgets: list[int], epoch_scale: float, num_samples: int,
                  inner: dict[float, Searcher] | None, metric: str | list[str], mode: str | list[str],
                  baselines: bool = True, share_ssl: bool = False, complete: bool = True,
-                 max_concurrent: int | None = None, identity: tuple[str, ...] = BASE_IDENTITY):
+                 max_concurrent: int | None = None, identity: tuple[str, ...] = BASE_IDENTITY,
+                 confirm_seeds: int = 0):
         super().__init__(metric=metric, mode=mode)
-        self.identity = tuple(identity)
+        self.identity, self.confirm_seeds, self.baselines = tuple(identity), confirm_seeds, baselines
         self.share_ssl, self.complete, self.max_concurrent = share_ssl, complete, max_concurrent
         # Trials in their SSL-only phase: SSL key -> trial id -> [epoch reached, SSL-only epochs planned];
         # and the furthest SSL-only epoch any trial of a key has reached (and stored).
@@ -104,7 +106,9 @@ class ExperimentSearcher(Searcher):
     def max_trials(self) -> int:
         """At most this many trials in all (Tune's num_samples): the plan, and at most every seed of the
         chosen configuration of each (fraction, budget) completed again."""
-        return self.total_trials + (len(self.fractions) * len(self.budgets) * self.seeds if self.complete else 0)
+        groups = len(self.fractions) * len(self.budgets)
+        confirm = groups * self.confirm_seeds * (2 + 2 * self.baselines)  # tuned, default, SL, SSL+SL
+        return self.total_trials + (groups * self.seeds if self.complete else 0) + confirm
 
     def _config(self, point: dict[str, Any], fraction: float, seed: int, group: str) -> dict[str, Any]:
         fields = to_config_fields({**self.constants, **point}, self.scale)
@@ -160,9 +164,9 @@ class ExperimentSearcher(Searcher):
             return cfg
         if any(self.remaining.values()) or self.live:
             return None  # waiting for results: for the inner searchers, or for the completion decision
-        if self.complete and not self.completion_queued:
+        if not self.completion_queued:  # the choice is made: complete it, and confirm it on fresh seeds
             self.completion_queued = True
-            self.queue += self.completions()
+            self.queue += (self.completions() if self.complete else []) + self.confirmations()
             return self._pop_ready(trial_id) or (None if self.queue else Searcher.FINISHED)
         return Searcher.FINISHED
 
@@ -242,19 +246,23 @@ class ExperimentSearcher(Searcher):
         self.queue = [c for c in self.queue if c["method"] != "mixtraining"
                       or config_key(c, self.identity) not in self.known.get(c["fraction"], {})]
 
-    def completions(self) -> list[dict[str, Any]]:
-        """Trials that finish the chosen configuration of every (fraction, budget) on the seeds that were
-        stopped before the end: without them its test accuracy would average only the seeds the scheduler
-        let through, which favours it over the baselines, whose every seed runs to the end."""
+    def _outcome_rows(self) -> tuple[pd.DataFrame, list[str]]:
+        """The search's MixTraining runs as summary rows (one per group and seed), and their configuration keys."""
         keys = [k for k in self.identity if k != "e_sl"]
         rows = [{"group": g, "method": "mixtraining", "completion": False, "fraction": cfg["fraction"],
                  "epochs": cfg["e_sl"], **{k: cfg.get(k, getattr(MixConfig, k)) for k in keys}, "seed": seed,
                  "val_acc": (r or {}).get("val_acc"), "completed": bool(r and r.get("completed")), "failed": r is None,
                  "finished": bool(r and r.get("finished", r.get("completed")))}
                 for g, cfg in self.configs.items() for seed, r in self.outcomes.get(g, {}).items()]
-        if not rows:
+        return pd.DataFrame(rows), keys
+
+    def completions(self) -> list[dict[str, Any]]:
+        """Trials that finish the chosen configuration of every (fraction, budget) on the seeds that were
+        stopped before the end: without them its test accuracy would average only the seeds the scheduler
+        let through, which favours it over the baselines, whose every seed runs to the end."""
+        df, keys = self._outcome_rows()
+        if df.empty:
             return []
-        df = pd.DataFrame(rows)
         out = []
         for best in choose_best(df, keys).to_dict("records"):
             same = df[same_config(df, best, ["fraction", "epochs", *keys])]
@@ -265,6 +273,35 @@ class ExperimentSearcher(Searcher):
         if out:
             log.info("completing the chosen configurations on %d stopped seed(s)", len(out))
         return out
+
+    def confirmations(self) -> list[dict[str, Any]]:
+        """Trials that confirm each (fraction, budget)'s choice on `confirm_seeds` seeds the search never used:
+        the chosen configuration, the paper's default (MixConfig's defaults for every searched field, at the
+        same budget), SL and SSL+SL, all to the end. The comparison reports these runs only, so its accuracies
+        carry no selection bias."""
+        df, keys = self._outcome_rows()
+        if not self.confirm_seeds or df.empty:
+            return []
+        seeds = range(self.seeds, self.seeds + self.confirm_seeds)  # never a search seed
+        out = []
+        for best in choose_best(df, keys).to_dict("records"):
+            chosen = self.configs[df[same_config(df, best, ["fraction", "epochs", *keys])]["group"].iloc[0]]
+            chosen = {k: v for k, v in chosen.items() if k != GROUP}
+            default = {**chosen, **{k: getattr(MixConfig, k) for k in self._searched_fields()}}
+            same = config_key(default, self.identity) == config_key(chosen, self.identity)
+            for s in seeds:
+                out.append({**chosen, "seed": s, CONFIRM: BOTH if same else TUNED})
+                if not same:
+                    out.append({**default, "seed": s, CONFIRM: DEFAULT})
+                if self.baselines:
+                    out += [{"method": m, "e_ssl": chosen["e_sl"], "e_sl": chosen["e_sl"], "fraction": chosen["fraction"],
+                             "seed": s, CONFIRM: BASELINE} for m in ("sl", "ssl_sl")]
+        log.info("confirming the chosen configurations on %d fresh seed(s): %d trials", self.confirm_seeds, len(out))
+        return out
+
+    def _searched_fields(self) -> list[str]:
+        """The config fields the space varies, but the epoch budget (which the default keeps)."""
+        return [k for k in self.identity if k not in ("e_ssl", "e_sl") and k not in self.constants]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # The inner searchers learn from the mean over seeds, at completion; here only the SSL progress.
@@ -306,29 +343,3 @@ class ExperimentSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
-
-
-class ExperimentSearch(SearchGenerator):
-    """Ray Tune's SearchGenerator around an ExperimentSearcher, resumable with new run settings.
-
-    On restore Tune brings back the experiment spec it saved when the search started, storage path
-    and failure budget included, and the searcher's own state: a moved experiment's new trials would
-    be written to its old location (Ray 2.60), and a new failure budget or concurrency ignored.
-    `resume_with` gives the values of this run, applied once the saved state is restored.
-    """
-
-    def __init__(self, searcher: ExperimentSearcher):
-        super().__init__(searcher)
-        self.spec_now: dict[str, Any] = {}
-        self.max_concurrent_now: int | None = None
-
-    def resume_with(self, storage_path: str, name: str, max_failures: int, max_concurrent: int | None) -> None:
-        self.spec_now = {"storage_path": storage_path, "name": name, "max_failures": max_failures}
-        self.max_concurrent_now = max_concurrent
-
-    def restore_from_dir(self, dirpath: str) -> None:
-        super().restore_from_dir(dirpath)
-        if not self.spec_now:
-            return
-        move_experiment_spec(self._experiment.spec, **self.spec_now)
-        self.searcher.max_concurrent = self.max_concurrent_now

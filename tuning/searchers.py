@@ -56,7 +56,8 @@ def make_searcher(args, space: dict[str, Any], history: pd.DataFrame | None = No
         epoch_scale=args.epoch_scale, num_samples=args.num_samples,
         inner=None if any(v is None for v in inner.values()) else inner, metric=metric, mode=mode,
         baselines=not args.no_baselines, share_ssl=args.share_ssl, complete=stops_early,
-        max_concurrent=args.max_concurrent, identity=identity(space))
+        max_concurrent=args.max_concurrent, identity=identity(space),
+        confirm_seeds=args.confirm_seeds if dims else 0)  # a fixed space chooses nothing: nothing to confirm
     if history is not None:
         searcher.add_history(history)
     return searcher

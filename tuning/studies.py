@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
-from tuning.summary import CONFIG_KEYS, comparison_keys, config_keys, format_value, varying_keys
+from tuning.summary import CONFIG_KEYS, comparison_keys, config_keys, confirm_roles, format_value, varying_keys
 
 IMPORTANCE_MAX_CONFIGS = 500  # fANOVA's forest grows with the configurations: a seeded sample of this many at most
 
@@ -19,6 +19,7 @@ def configurations(df: pd.DataFrame) -> pd.DataFrame:
     """Every MixTraining configuration tried, per comparison group: mean validation and test accuracy over its
     completed runs, how many it completed and ran, best (by validation) first."""
     config = config_keys(df)
+    df = df[confirm_roles(df) == ""]  # what the search tried (the confirmation runs are the comparison's)
     mix = df[df["method"] == "mixtraining"].assign(done=lambda d: d["completed"] & d["error"].isna())
     if mix.empty:
         return pd.DataFrame()
@@ -81,7 +82,7 @@ def param_importances(df: pd.DataFrame, seed: int = 0) -> dict[float, dict[str, 
     sample, go into the forest, so the time stays bounded however long the search ran."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = {}
-    mix = df[(df["method"] == "mixtraining") & df["completed"] & df["val_acc"].notna()]
+    mix = df[(df["method"] == "mixtraining") & df["completed"] & df["val_acc"].notna() & (confirm_roles(df) == "")]
     for fraction, sub in mix.groupby("fraction"):
         varied = [p for p in [*config_keys(df), "epochs"] if sub[p].astype(str).nunique() > 1]
         configs = sub.groupby(varied, dropna=False)["val_acc"].mean().reset_index() if varied else sub.iloc[:0]

@@ -33,7 +33,7 @@ from trainable.config import MixConfig, field_names, model_name, resolve_optim
 
 # What tells MixTraining configurations apart in every search: the paper's three knobs.
 CONFIG_KEYS = ["alpha", "rho", "lam"]
-METHOD_NAMES = {"sl": "SL", "ssl_sl": "SSL+SL", "mixtraining": "MixTraining"}
+METHOD_NAMES = {"sl": "SL", "ssl_sl": "SSL+SL", "mixtraining": "MixTraining", "default": "MixTraining (default)"}
 # Everything that defines a comparison: rows differing in any of these are never pooled (unless the search varied
 # one of them: then it tells configurations apart instead).
 COMPARISON_KEYS = ["datasets", "ssl_dataset", "model", "fraction", "epochs", "epoch_scale", "batch_size", "ssl_lr",
@@ -41,10 +41,14 @@ COMPARISON_KEYS = ["datasets", "ssl_dataset", "model", "fraction", "epochs", "ep
 # Fields a search space may vary, each a column of the rows (e_sl is the `epochs` column).
 SEARCHABLE = [f for f in field_names() if f not in AXES and f != "e_sl"]
 _TRUE = (True, "true", "True", 1, "1")
+MIXES = ("mixtraining", "default")  # the comparison's MixTraining rows: the chosen configuration, the paper's default
 # Keys the experiment searcher adds to a trial's config (tuning.searcher): the seed repeats of one proposed
 # configuration share GROUP; COMPLETION marks a trial that completes a stopped seed of the chosen configuration.
 GROUP = "_group"
 COMPLETION = "_completion"
+# CONFIRM marks a run on the fresh confirmation seeds (--confirm-seeds): its role, one of CONFIRM_ROLES.
+CONFIRM = "_confirm"
+TUNED, DEFAULT, BOTH, BASELINE = "tuned", "default", "tuned+default", "baseline"
 
 
 def trial_row(config: Mapping[str, Any], metrics: Mapping[str, Any], *, completed: bool, error: str | None,
@@ -66,6 +70,7 @@ def trial_row(config: Mapping[str, Any], metrics: Mapping[str, Any], *, complete
     return {**searchable, 
         "trial_id": metrics.get("trial_id"), "method": config.get("method"),
         "completion": config.get(COMPLETION, config.get("completion")) in _TRUE,
+        "confirm": str(config.get(CONFIRM, config.get("confirm")) or ""),
         "datasets": "+".join(cfg.datasets), "ssl_dataset": cfg.ssl_dataset or "", "model": _model(cfg),
         "fraction": cfg.fraction, "epochs": cfg.e_sl, "e_ssl": cfg.e_ssl,
         "epoch_scale": float(epoch_scale if epoch_scale is not None else config.get("epoch_scale", 1.0)),
@@ -111,23 +116,34 @@ def comparison_keys(df: pd.DataFrame, config: list[str] | None = None) -> list[s
 
 def choose_best(df: pd.DataFrame, config: list[str] | None = None) -> pd.DataFrame:
     """Per comparison group: the MixTraining configuration with the best mean validation accuracy over its
-    completed runs of the search proper (the runs added to complete it aside), and how many configurations
+    completed runs of the search proper (completion and confirmation runs aside), and how many configurations
     the group tried. One row per group: its keys, the configuration, mean_val and tried.
     config: the configuration keys (`config_keys`), when the caller has them.
 
-    The search finishes this configuration on every seed before reporting it (tuning.searcher), and choosing
-    it again here, from the same runs, gives the same choice.
+    Selection on equal footing: where some configurations of a group completed every seed they ran, only
+    those are ranked, each over all its seeds; a configuration whose weak seeds the scheduler stopped is not
+    ranked on its surviving seeds alone. Only where none did are the completed runs ranked as they are (the
+    search then completes the choice on its stopped seeds).
     """
     config = config_keys(df) if config is None else config
     mixes = df[df["method"] == "mixtraining"]
-    proper = mixes[mixes["completed"] & ~mixes["completion"]]
-    if proper.empty:
-        return proper.iloc[:0]
+    mixes = mixes[confirm_roles(mixes) == ""]
+    ran = mixes[~mixes["completion"]]  # a failed run counts as not completed
+    if not ran["completed"].any():
+        return ran.iloc[:0]
     group = comparison_keys(df, config)
+    full = ran.groupby(group + config, dropna=False)["completed"].transform("all")
+    some_full = full.groupby([ran[k].astype(str) for k in group]).transform("any") if group else full.any()
+    proper = ran[ran["completed"] & (full | ~some_full)]
     mean = proper.groupby(group + config, dropna=False)["val_acc"].mean().rename("mean_val").reset_index()
     best = mean.loc[mean.groupby(group, dropna=False)["mean_val"].idxmax()]
     tried = mixes.groupby(group, dropna=False)[config].apply(lambda g: len(g.astype(str).drop_duplicates()))
     return best.merge(tried.rename("tried").reset_index(), on=group, how="left")
+
+
+def confirm_roles(rows: pd.DataFrame) -> pd.Series:
+    """Each row's role on the confirmation seeds ("" for the search's own runs)."""
+    return rows["confirm"].fillna("").astype(str) if "confirm" in rows else pd.Series("", index=rows.index)
 
 
 def same_config(rows: pd.DataFrame, best: Mapping[str, Any], config: list[str]) -> pd.Series:
@@ -141,21 +157,31 @@ def _per_seed(rows: pd.DataFrame, value: str) -> pd.Series:
 
 
 def comparison_rows(df: pd.DataFrame) -> list[tuple[dict, dict[str, pd.DataFrame]]]:
-    """Per comparison group: its keys and, per method, the completed runs on the group's common seeds."""
+    """Per comparison group: its keys (with `confirmed`: whether its runs are confirmation runs) and, per method,
+    the completed runs on the group's common seeds. Where the search confirmed its choice on fresh seeds, the
+    group's rows are those runs only: the chosen configuration ("mixtraining"), the paper's default
+    ("default"), SL and SSL+SL; the search's own seeds only chose."""
     config = config_keys(df)
     group = comparison_keys(df, config)
     out = []
     for key, sub in df.groupby(group, dropna=False):
         key = dict(zip(group, key if isinstance(key, tuple) else (key,)))
         done = sub[sub["completed"] & sub["error"].isna()]
-        runs = {m: done[done["method"] == m] for m in ("sl", "ssl_sl")}
         best = choose_best(sub, config)  # from every run of the group: `tried` counts stopped configurations too
-        if not best.empty:
-            b = best.iloc[0]
+        role = confirm_roles(done)
+        if (role != "").any():
+            runs = {"sl": done[(role == BASELINE) & (done["method"] == "sl")],
+                    "ssl_sl": done[(role == BASELINE) & (done["method"] == "ssl_sl")],
+                    "mixtraining": done[role.isin([TUNED, BOTH])], "default": done[role.isin([DEFAULT, BOTH])]}
+        else:
+            runs = {m: done[done["method"] == m] for m in ("sl", "ssl_sl")}
             mix = done[done["method"] == "mixtraining"]
-            runs["mixtraining"] = mix[same_config(mix, b, config)].assign(tried=b["tried"])
+            runs["mixtraining"] = mix[same_config(mix, best.iloc[0], config)] if not best.empty else mix.iloc[:0]
+        if not best.empty:
+            runs["mixtraining"] = runs["mixtraining"].assign(tried=best.iloc[0]["tried"])
         runs = {m: r for m, r in runs.items() if not r.empty}
         common = set.intersection(*(set(r["seed"]) for r in runs.values())) if runs else set()
+        key["confirmed"] = bool((role != "").any())
         out.append((key, {m: r[r["seed"].isin(common)] for m, r in runs.items()}))
     return out
 
@@ -176,42 +202,48 @@ def comparison_table(df: pd.DataFrame) -> pd.DataFrame:
                    "seeds": len(acc), "calibrated_time_s": r["calibrated_time_s"].mean(),
                    "compute_tflop": r["compute_tflop"].mean(), "train_time_s": r["train_time_s"].mean(),
                    "tried": r["tried"].iloc[0] if "tried" in r else math.nan,
-                   **{k: r[k].iloc[0] if method == "mixtraining" else math.nan for k in config}}
+                   **{k: r[k].iloc[0] if method in MIXES else math.nan for k in config}}
             for what in ("calibrated_time_s", "compute_tflop"):
-                row[f"speedup_{what}"] = (ref[what].mean() / row[what] if method == "mixtraining" and ref is not None
+                row[f"speedup_{what}"] = (ref[what].mean() / row[what] if method in MIXES and ref is not None
                                           and row[what] else math.nan)
             rows.append(row)
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(METHOD_NAMES)}
-    table = table.sort_values(comparison_keys(table, config) + ["method"], ignore_index=True,
+    table = table.sort_values([*comparison_keys(table, config), "method"], ignore_index=True,
                               key=lambda s: s.map(order) if s.name == "method" else s)
     table.attrs["config_keys"] = config
     return table
 
 
 def paired_stats(df: pd.DataFrame, confidence: float = 0.95, alpha: float = 0.05) -> pd.DataFrame:
-    """Per comparison group: MixTraining - SSL+SL and MixTraining - SL in test accuracy, per seed over the
-    common seeds; the mean, its t-interval (`confidence`, for this comparison alone), whether that interval
-    excludes zero, the paired t-test's two-sided p-value, and `significant`: whether the difference holds at
-    family-wise level `alpha` over every comparison of these rows (Holm's step-down correction: it controls
-    the chance of any false mark among them without assuming they are independent, and never marks less
-    than Bonferroni would). A difference with no spread (n < 2, or every seed equal) has no test: never marked."""
+    """Per comparison group, per pair of methods (`PAIRS`: MixTraining against SSL+SL and SL, and where the
+    search confirmed its choice, the chosen configuration against the paper's default and the default against
+    SSL+SL): the per-seed differences in test accuracy over the common seeds; their mean, t-interval
+    (`confidence`, for this comparison alone), whether that interval excludes zero, the paired t-test's
+    two-sided p-value, the compute ratio, and `significant`: whether the difference holds at family-wise level
+    `alpha` over every comparison of these rows (Holm's step-down correction: it controls the chance of any
+    false mark among them without assuming they are independent, and never marks less than Bonferroni
+    would). A difference with no spread (n < 2, or every seed equal) has no test: never marked."""
     rows = []
     for key, runs in comparison_rows(df):
-        if "mixtraining" not in runs:
-            continue
-        mix = _per_seed(runs["mixtraining"], "test_acc")
-        for other in ("ssl_sl", "sl"):
-            if other in runs:
-                rows.append({**key, "versus": other,
-                             **_paired((mix - _per_seed(runs[other], "test_acc")).dropna(), confidence)})
+        for method, other in PAIRS:
+            if method in runs and other in runs:
+                d = (_per_seed(runs[method], "test_acc") - _per_seed(runs[other], "test_acc")).dropna()
+                ratio = runs[method]["compute_tflop"].mean() / runs[other]["compute_tflop"].mean()
+                rows.append({**key, "method": method, "versus": other, "compute_ratio": ratio,
+                             **_paired(d, confidence)})
     out = pd.DataFrame(rows)
     if not out.empty:
         out["p_holm"] = holm(out["p_value"].tolist())
         out["significant"] = out["p_holm"] < alpha
     return out
+
+
+# The paired comparisons: the chosen MixTraining against each baseline; with confirmation, also against the paper's
+# default (does tuning pay at equal compute?) and the default against SSL+SL.
+PAIRS = (("mixtraining", "default"), ("mixtraining", "ssl_sl"), ("mixtraining", "sl"), ("default", "ssl_sl"))
 
 
 def _paired(d: pd.Series, confidence: float) -> dict[str, Any]:
@@ -295,7 +327,10 @@ def format_paired(paired: pd.DataFrame) -> str:
     lines, keys = [], varying_keys(paired)
     for r in paired.to_dict("records"):
         where = ", ".join(f"{k} {_fmt(r[k])}" for k in keys)
-        head = f"MixTraining - {METHOD_NAMES[r['versus']]} ({where}): {100 * r['mean_diff']:+.2f} points"
+        head = (f"{METHOD_NAMES[r.get('method', 'mixtraining')]} - {METHOD_NAMES[r['versus']]} ({where}): "
+                f"{100 * r['mean_diff']:+.2f} points")
+        if r.get("compute_ratio") == r.get("compute_ratio") and r.get("compute_ratio") is not None:
+            head += f" at {r['compute_ratio']:.2f}x the compute"
         if r["n"] < 2:
             lines.append(f"{head}, n={r['n']}: one seed, no interval exists")
         elif r["ci_low"] != r["ci_low"]:

@@ -37,7 +37,7 @@ from tuning.mlflow_calls import (OPS, DropOrphans, LogBestModel, LogInputs, LogM
                                  MLflowCalls, OpenTrialRun, SetStatus, SetTag, client, experiment_id, is_outage)
 from tuning.plots import png, reconstruction_figure
 from tuning.redact import redact
-from tuning.searcher import COMPLETION, GROUP
+from tuning.searcher import COMPLETION, CONFIRM, GROUP
 
 if TYPE_CHECKING:
     from trainable.tune_trainable import TrialSettings
@@ -181,7 +181,9 @@ class MLflowTracking(tune.Callback):
 
     # --- picklable: Tune stores the callback in tuner.pkl and its state in every snapshot ---
     def __getstate__(self):
-        return {**self.__dict__, "delivery": None, "_opened": set()}
+        # Tune pickles its callbacks into tuner.pkl (the bucket, on a cluster): no password there. A restore
+        # replaces the callbacks with this run's (ray_internals.override_restored_run), so the URI is not lost.
+        return {**self.__dict__, "uri": redact(self.uri), "delivery": None, "_opened": set()}
 
     def get_state(self) -> dict:
         # A trial whose run is not made yet is missing here: its OpenTrialRun still waits in the queue, which
@@ -223,6 +225,8 @@ class MLflowTracking(tune.Callback):
             tags["config_group"] = str(cfg[GROUP])
         if cfg.get(COMPLETION):
             tags["completion"] = "true"  # completes a seed the scheduler had stopped
+        if cfg.get(CONFIRM):
+            tags["confirm"] = str(cfg[CONFIRM])  # a run on the fresh confirmation seeds, and its role
         return dict(name=f"{cfg['method']}-{tid}", tags=tags,
                     params=trial_params({**self.base, **cfg}, self.settings.epoch_scale))
 

@@ -1,0 +1,224 @@
+"""tuning.summary: the cases mutation testing (`make mutation`) found unchecked: every column of a trial's row,
+which fields tell configurations apart, selection with defaults (None) and stopped seeds, confirmation runs,
+intervals on both sides of zero, and the text of the tables."""
+import math
+
+import pandas as pd
+import pytest
+
+from tuning.summary import (SEARCHABLE, choose_best, comparison_rows, comparison_table, config_keys, format_paired,
+                            format_table, format_value, holm, paired_stats, trial_row)
+
+
+def row(method, seed, val, test, completed=True, error=None, confirm="", tflop=1.0, time=10.0, **fields):
+    config = {"method": method, "datasets": ["digits"], "model": "tiny", "e_ssl": 10, "e_sl": 10, "seed": seed,
+              "_confirm": confirm, **fields}
+    metrics = {"val_acc": val, "test_acc": test, "calibrated_time_s": time, "compute_tflop": tflop,
+               "train_time_s": 2 * time}
+    return trial_row(config, metrics, completed=completed, error=error, epoch_scale=0.1)
+
+
+def frame(*rows):
+    return pd.DataFrame(list(rows))
+
+
+# --- trial_row ---------------------------------------------------------------------------------------------
+
+def test_trial_row__every_column_comes_from_its_source():
+    config = {"method": "mixtraining", "datasets": ["digits", "mnist"], "e_ssl": 4, "e_sl": 6, "seed": 3,
+              "alpha": 0.5, "rho": 0.5, "lam": 0.5, "batch_size": 64, "_completion": True, "_confirm": "tuned",
+              "epoch_scale": 0.3}
+    metrics = {"trial_id": "t1", "alpha": 0.25, "lam": 0.75, "val_acc": 0.8, "test_acc": 0.7, "train_time_s": 12.0,
+               "calibrated_time_s": 9.0, "compute_tflop": 2.0, "sl_epochs": 5, "ssl_epochs_reused": 2,
+               "ssl_time_reused_s": 3.5}
+    r = trial_row(config, metrics, completed=True, error="boom", where="here")
+    expected = {"trial_id": "t1", "method": "mixtraining", "completion": True, "confirm": "tuned",
+                "datasets": "digits+mnist", "ssl_dataset": "", "model": "tiny", "fraction": 1.0, "epochs": 6,
+                "e_ssl": 4, "epoch_scale": 0.3, "batch_size": 64, "seed": 3,
+                "alpha": 0.25, "rho": 0.5, "lam": 0.75,  # PBT's last values, from the metrics
+                "val_acc": 0.8, "test_acc": 0.7, "train_time_s": 12.0, "calibrated_time_s": 9.0,
+                "compute_tflop": 2.0, "sl_epochs": 5, "completed": True, "ssl_epochs_reused": 2,
+                "ssl_time_reused_s": 3.5, "error": "boom", "where": "here"}
+    assert {k: r[k] for k in expected} == expected
+    assert set(r) == set(SEARCHABLE) | set(expected) | {"ssl_lr", "sl_lr", "mix_step", "mix_optim"}
+    # Base learning rates: the same whatever the batch size (MAE's scaling undone).
+    same = trial_row({**config, "batch_size": 256}, metrics, completed=True, error=None)
+    assert (r["ssl_lr"], r["sl_lr"]) == (pytest.approx(same["ssl_lr"]), pytest.approx(same["sl_lr"]))
+
+
+def test_trial_row__from_mlflow_parameter_strings_and_no_metrics():
+    r = trial_row({"method": "sl", "completion": "true", "confirm": "baseline", "epoch_scale": "0.5", "lam": "0.2",
+                   "alpha": "0.3"}, {}, completed=False, error=None)
+    assert (r["completion"], r["confirm"], r["epoch_scale"]) == (True, "baseline", 0.5)
+    assert (r["alpha"], r["lam"], r["sl_epochs"], r["ssl_epochs_reused"], r["ssl_time_reused_s"]) == \
+        (0.3, 0.2, 0, 0, 0.0)
+    bare = trial_row({"method": "sl", "completion": "false"}, {}, completed=True, error=None)
+    assert (bare["completion"], bare["confirm"], bare["epoch_scale"]) == (False, "", 1.0)
+    assert trial_row({"_epoch_scale": 9}, {}, completed=True, error=None, epoch_scale=0.25)["epoch_scale"] == 0.25
+
+
+# --- config_keys ----------------------------------------------------------------------------------------------
+
+def test_config_keys__a_field_that_varies_among_mixtraining_runs_of_one_fraction_and_budget():
+    mix = [row("mixtraining", 0, 0.5, 0.5, mask_ratio=m) for m in (0.5, 0.75)]
+    assert config_keys(frame(*mix)) == ["alpha", "rho", "lam", "mask_ratio"]
+    # two values are enough; one is not, nor a field that only the baselines vary
+    base = [row("sl", 0, 0.5, 0.5, mask_ratio=m) for m in (0.5, 0.75)]
+    assert config_keys(frame(mix[0], *base)) == ["alpha", "rho", "lam"]
+    # varying only from one fraction to the next: not a configuration key
+    other_fraction = row("mixtraining", 0, 0.5, 0.5, mask_ratio=0.75, fraction=0.5)
+    assert config_keys(frame(mix[0], other_fraction)) == ["alpha", "rho", "lam"]
+    # rows of a search whose name is unknown (None) still count
+    unnamed = frame(*mix).assign(search=None)
+    assert config_keys(unnamed) == ["alpha", "rho", "lam", "mask_ratio"]
+
+
+def test_config_keys__the_searchs_own_list_wins_and_rows_without_a_method_have_only_the_paper_knobs():
+    df = frame(*[row("mixtraining", 0, 0.5, 0.5, mask_ratio=m) for m in (0.5, 0.75)])
+    df.attrs["config_keys"] = ["alpha", "batch_size"]
+    assert config_keys(df) == ["alpha", "batch_size"]
+    assert config_keys(pd.DataFrame({"mask_ratio": [0.5, 0.75]})) == ["alpha", "rho", "lam"]
+
+
+# --- choose_best ----------------------------------------------------------------------------------------------
+
+def test_choose_best__a_default_none_value_is_a_configuration_like_any_other():
+    df = frame(row("mixtraining", 0, 0.9, 0.5, ssl_beta2=None), row("mixtraining", 0, 0.7, 0.5, ssl_beta2=0.95))
+    best = choose_best(df, ["alpha", "rho", "lam", "ssl_beta2"])
+    assert len(best) == 1 and pd.isna(best.iloc[0]["ssl_beta2"]) and best.iloc[0]["mean_val"] == 0.9
+    assert best.iloc[0]["tried"] == 2
+
+
+def test_choose_best__stopped_seeds_never_count_in_a_mean():
+    # Neither configuration completed every seed: each is ranked on its completed seed only.
+    df = frame(row("mixtraining", 0, 0.7, 0.5, alpha=0.1), row("mixtraining", 1, 0.99, 0.5, alpha=0.1, completed=False),
+               row("mixtraining", 0, 0.8, 0.5, alpha=0.9), row("mixtraining", 1, 0.1, 0.5, alpha=0.9, completed=False))
+    best = choose_best(df)
+    assert best.iloc[0]["alpha"] == 0.9 and best.iloc[0]["mean_val"] == pytest.approx(0.8)
+
+
+def test_choose_best__nothing_completed_chooses_nothing():
+    assert choose_best(frame(row("mixtraining", 0, 0.7, 0.5, completed=False))).empty
+
+
+def test_choose_best__the_callers_configuration_keys_are_used():
+    df = frame(row("mixtraining", 0, 0.9, 0.5, alpha=0.5, rho=0.5), row("mixtraining", 0, 0.5, 0.5, alpha=0.5, rho=1.0),
+               row("mixtraining", 0, 0.8, 0.5, alpha=0.1, rho=0.5))
+    best = choose_best(df, ["alpha"])  # rho is not a key: both alpha 0.5 runs are one configuration (mean 0.7)
+    assert (best.iloc[0]["alpha"], best.iloc[0]["tried"]) == (0.1, 2)
+    df.attrs["config_keys"] = ["alpha"]
+    mixed = frame(*[row("mixtraining", 0, v, 0.5, batch_size=b) for v, b in ((0.9, 64), (0.8, 128))])
+    mixed.attrs["config_keys"] = ["alpha"]
+    assert len(choose_best(mixed, ["alpha", "batch_size"])) == 1  # batch_size searched: one group, not two
+
+
+def test_choose_best__rows_without_a_confirm_column_or_with_gaps_in_it_are_the_searchs_own():
+    df = frame(row("mixtraining", 0, 0.9, 0.5))
+    assert len(choose_best(df.drop(columns="confirm"))) == 1
+    assert len(choose_best(df.assign(confirm=None))) == 1
+
+
+# --- confirmation runs -------------------------------------------------------------------------------------------
+
+def confirmed_rows():
+    search = [row("mixtraining", 0, 0.9, 0.1, alpha=0.1), row("mixtraining", 0, 0.5, 0.1, alpha=0.5)]
+    fresh = [row("sl", s, 0.5, 0.50 + s / 100, confirm="baseline", tflop=1.0) for s in (10, 11)] + \
+            [row("ssl_sl", s, 0.6, 0.60 + s / 100, confirm="baseline", tflop=4.0) for s in (10, 11)] + \
+            [row("mixtraining", s, 0.8, 0.70 + s / 50, alpha=0.1, confirm="tuned", tflop=3.0) for s in (10, 11)] + \
+            [row("mixtraining", s, 0.7, 0.65 + s / 100, alpha=0.5, confirm="default", tflop=3.0) for s in (10, 11)]
+    return frame(*search, *fresh)
+
+
+def test_comparison_rows__a_confirmed_group_is_its_confirmation_runs_by_role():
+    ((key, runs),) = comparison_rows(confirmed_rows())
+    assert key["confirmed"] is True
+    assert {m: sorted(r["seed"]) for m, r in runs.items()} == \
+        {"sl": [10, 11], "ssl_sl": [10, 11], "mixtraining": [10, 11], "default": [10, 11]}
+    assert set(runs["mixtraining"]["alpha"]) == {0.1} and set(runs["default"]["alpha"]) == {0.5}
+    assert set(runs["sl"]["method"]) == {"sl"} and set(runs["ssl_sl"]["method"]) == {"ssl_sl"}
+    ((plain, _),) = comparison_rows(frame(row("sl", 0, 0.5, 0.5)))
+    assert plain["confirmed"] is False
+
+
+def test_comparison_rows__a_configuration_tried_on_both_roles_counts_for_both():
+    df = frame(row("mixtraining", 0, 0.9, 0.1), row("sl", 10, 0.5, 0.5, confirm="baseline"),
+               row("mixtraining", 10, 0.8, 0.7, confirm="tuned+default"))
+    ((_, runs),) = comparison_rows(df)
+    assert sorted(runs) == ["default", "mixtraining", "sl"]
+
+
+def test_paired_stats__with_confirmation_every_pair_and_its_compute_ratio():
+    paired = paired_stats(confirmed_rows()).set_index(["method", "versus"])
+    assert set(paired.index) == {("mixtraining", "default"), ("mixtraining", "ssl_sl"), ("mixtraining", "sl"),
+                                 ("default", "ssl_sl")}
+    assert paired.loc[("mixtraining", "ssl_sl"), "compute_ratio"] == pytest.approx(3 / 4)
+    assert paired.loc[("mixtraining", "sl"), "compute_ratio"] == pytest.approx(3.0)
+    assert paired.loc[("mixtraining", "default"), "mean_diff"] == pytest.approx(((0.9 - 0.75) + (0.92 - 0.76)) / 2)
+
+
+# --- paired statistics ----------------------------------------------------------------------------------------
+
+def baselines_and_mix(diffs_sl):
+    sl = [row("sl", s, 0.5, 0.5) for s in range(len(diffs_sl))]
+    mix = [row("mixtraining", s, 0.8, 0.5 + d) for s, d in enumerate(diffs_sl)]
+    return frame(*sl, *mix)
+
+
+def test_paired_stats__two_seeds_with_spread_have_an_interval():
+    r = paired_stats(baselines_and_mix([0.10, 0.12])).iloc[0]
+    assert r["n"] == 2 and r["ci_low"] < 0.11 < r["ci_high"] and r["p_value"] == r["p_value"]
+
+
+def test_paired_stats__worse_on_every_seed_excludes_zero_below_it_and_is_significant():
+    r = paired_stats(baselines_and_mix([-0.20, -0.21, -0.22, -0.20])).iloc[0]
+    assert r["ci_high"] < 0 and r["excludes_zero"] and r["significant"]
+    assert r["compute_ratio"] == pytest.approx(1.0)
+
+
+def test_paired_stats__one_seed_has_nan_bounds_and_excludes_nothing():
+    r = paired_stats(baselines_and_mix([0.3])).iloc[0]
+    assert r["n"] == 1 and math.isnan(r["ci_low"]) and math.isnan(r["ci_high"]) and not r["excludes_zero"]
+
+
+def test_holm__products_above_one_are_capped_at_one():
+    assert holm([0.7, 0.9]) == [pytest.approx(1.0), pytest.approx(1.0)]
+
+
+# --- text -------------------------------------------------------------------------------------------------------
+
+def test_format_table__one_line_per_method_in_the_papers_order_with_units():
+    df = frame(*[row("sl", s, 0.5, t, time=5.0, tflop=1.0) for s, t in ((0, 0.5), (1, 0.6))],
+               *[row("ssl_sl", s, 0.6, t, time=20.0, tflop=4.0) for s, t in ((0, 0.6), (1, 0.7))],
+               *[row("mixtraining", s, 0.8, t, time=10.0, tflop=2.0) for s, t in ((0, 0.7), (1, 0.8))])
+    table = comparison_table(df)
+    assert list(table["method"]) == ["sl", "ssl_sl", "mixtraining"] and list(table.index) == [0, 1, 2]
+    assert table.attrs["config_keys"] == ["alpha", "rho", "lam"]
+    assert list(table["val_acc_mean"]) == [pytest.approx(0.5), pytest.approx(0.6), pytest.approx(0.8)]
+    assert math.isnan(table.loc[0, "alpha"]) and table.loc[2, "alpha"] == 0.5
+    lines = format_table(table).splitlines()
+    assert lines[0] == ("| fraction | epochs | method | test accuracy | n | time (s, one slot) | compute (TFLOP) | "
+                        "speedup (time) | speedup (compute) | wall-clock (s) | configs tried | alpha | rho | lam |")
+    assert lines[1] == "|" + "---|" * 14
+    assert lines[2] == "| 1 | 10 | SL | 55.00% ± 7.07 | 2 | 5.0 | 1 |  |  | 10.0 |  |  |  |  |"
+    assert lines[4] == "| 1 | 10 | MixTraining | 75.00% ± 7.07 | 2 | 10.0 | 2 | 2.00x | 2.00x | 20.0 | 1 | 0.5 | 0.5 | 0.5 |"
+
+
+def test_format_table__one_seed_shows_no_spread():
+    df = frame(row("sl", 0, 0.5, 0.5), row("mixtraining", 0, 0.8, 0.7))
+    table = comparison_table(df)
+    assert math.isnan(table.set_index("method").loc["mixtraining", "test_acc_std"])
+    assert "| 70.00% |" in format_table(table)
+
+
+@pytest.mark.parametrize("value, text", [(None, "default"), (0.001, "0.001"), (1e-5, "1e-05"), (3, "3"),
+                                         (True, "True"), ("adamw", "adamw"), (math.nan, "")])
+def test_format_value__numbers_as_g_none_as_default(value, text):
+    assert format_value(value) == text
+
+
+def test_format_paired__names_both_methods_the_compute_and_the_mark():
+    text = format_paired(paired_stats(baselines_and_mix([-0.20, -0.21, -0.22, -0.20])))
+    first, footnote = text.splitlines()
+    assert first.startswith("MixTraining - SL (fraction 1, epochs 10): -20.75 points at 1.00x the compute, 95% CI [")
+    assert first.endswith(", n=4 *")
+    assert footnote.startswith("* holds at 5% family-wise over the 1 tested comparison(s) above")
