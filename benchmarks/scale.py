@@ -48,14 +48,15 @@ RAY_TRIALS_PER_S_PER_CPU = 10_000 / 715 / 16  # Ray Tune's scalability figure (1
 GROWTH_GOAL_MB = 0.2  # per trial
 END_GOAL_S = 30.0  # last trial's end to the printed table, at 1,000 trials
 SAMPLE_EVERY_S = 1.0
-MB = 2**20
+CPUS = 2  # common.run_searches' local Ray instance
+MB = 2**20  # every "MB" this script prints or writes is a MiB (2**20 bytes); sizes in the JSON are bytes
 
 
 class Measure:
     """What the hooks record, shared by the callback (on the driver's Tune loop) and the sampling thread."""
 
-    def __init__(self, trials: int, tracemalloc_at: int | None):
-        self.trials = trials
+    def __init__(self, trials: int, tracemalloc_at: int | None, trim: bool = False):
+        self.trials, self.trim = trials, trim
         self.milestones = sorted({max(1, trials // 10), max(1, trials // 2), trials})
         self.tracemalloc_at = tracemalloc_at
         self.process = psutil.Process()
@@ -121,6 +122,9 @@ class Milestones(Progress):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         super().on_trial_complete(iteration, trials, trial, **info)
+        if MEASURE.trim:  # what-if: a finished trial's running averages dropped (only a running trial updates them)
+            trial.run_metadata.metric_n_steps = {}
+            trial.run_metadata.invalidate_cache()
         MEASURE.trial_ended()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -230,7 +234,7 @@ def run(args, storage: str) -> dict:
     sargs = parser.parse_args(argv)
     search.validate(sargs, parser)
     snapshot_at = max(1, args.trials // 10) if args.tracemalloc else None
-    MEASURE = m = Measure(args.trials, snapshot_at)
+    MEASURE = m = Measure(args.trials, snapshot_at, args.trim_finished)
     if args.tracemalloc:
         tracemalloc.start(3)  # frames per allocation: enough to name the caller, cheap enough to finish
     m.start()
@@ -258,6 +262,7 @@ def run(args, storage: str) -> dict:
         "ray_trials_per_s_per_cpu": RAY_TRIALS_PER_S_PER_CPU,
         "driver_rss_mb": {"at_start": rss_start, **{str(k): v for k, v in sorted(m.rss_at.items())},
                           "at_end": m.samples[-1][2] if m.samples else None},
+        "driver_cpu_s": sum(m.process.cpu_times()[:2]),  # the driver's own CPU time (all its threads)
         "growth_mb_per_trial": growth, "growth_between_trials": [first, last], "growth_goal_mb": GROWTH_GOAL_MB,
         "experiment": experiment_sizes(folder),
         "tracking_store": store_sizes(store),
@@ -282,9 +287,6 @@ def run(args, storage: str) -> dict:
     if len(m.snapshots) == 2:
         result["tracemalloc"] = growth_sites(*m.snapshots, args.trials - snapshot_at)
     return result
-
-
-CPUS = 2  # run_searches' local Ray instance
 
 
 def plot(result: dict, path: str) -> None:
@@ -360,6 +362,9 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=1000, help="MixTraining trials (the search's --num-samples)")
     p.add_argument("--plot", help="RSS against trials finished as a PNG (default: --out with .png)")
     p.add_argument("--keep", metavar="FOLDER", help="copy the experiment folder and the tracking store here at the end")
+    p.add_argument("--trim-finished", action="store_true",
+                   help="what-if: drop each finished trial's last-5/10 running averages (Tune's metric_n_steps) from "
+                        "the driver's trial objects, to measure what bounding them would save")
     p.add_argument("--tracemalloc", action="store_true",
                    help="compare Python allocations at a tenth of the trials and at the last (slower)")
     args = p.parse_args(argv)

@@ -42,7 +42,7 @@ BOTH = ["checkpoint_000000", "checkpoint_000001"]
 
 
 def test_prune__a_finished_trial_keeps_its_checkpoints_until_a_saved_state_lists_it_terminated(tmp_path):
-    exp, prune = tmp_path / "exp", PruneCheckpoints(every_s=0)
+    exp, prune = tmp_path / "exp", PruneCheckpoints(every_s=0, spacing=0)
     _save_state(exp, {"a": "RUNNING"})
     prune.on_trial_complete(0, [], _trial(exp, "a"))
     prune.on_step_end(1, [])
@@ -63,7 +63,7 @@ def test_prune__baselines_and_stopped_trials_lose_all_completed_mixtraining_keep
 
 
 def test_prune__only_the_newest_saved_state_counts(tmp_path):
-    exp, prune = tmp_path / "exp", PruneCheckpoints(every_s=0)
+    exp, prune = tmp_path / "exp", PruneCheckpoints(every_s=0, spacing=0)
     _save_state(exp, {"a": "TERMINATED"}, session="2026-01-01_00-00-00")
     _save_state(exp, {"a": "RUNNING"}, session="2026-01-02_00-00-00")  # a resumed session's snapshot
     prune.on_trial_complete(0, [], _trial(exp, "a"))
@@ -84,7 +84,7 @@ def test_prune__looks_at_most_every_every_s_and_once_more_at_the_end(tmp_path):
 
 
 def test_prune__an_unreadable_or_missing_state_removes_nothing(tmp_path):
-    exp, prune = tmp_path / "exp", PruneCheckpoints(every_s=0)
+    exp, prune = tmp_path / "exp", PruneCheckpoints(every_s=0, spacing=0)
     prune.on_trial_complete(0, [], _trial(exp, "a"))
     prune.on_step_end(1, [])  # no snapshot yet
     (exp / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [["{\\"trial_id\\": \\"a", ')
@@ -131,7 +131,7 @@ def test_saved_statuses__reads_the_newest_state_as_plain_json(tmp_path):
 
 
 def test_prune__an_unchanged_state_is_not_read_again_until_the_end(tmp_path):
-    exp, prune = tmp_path / "exp", PruneCheckpoints(every_s=0)
+    exp, prune = tmp_path / "exp", PruneCheckpoints(every_s=0, spacing=0)
     _save_state(exp, {"a": "RUNNING", "b": "TERMINATED"})
     state = next(exp.glob("experiment_state-*.json"))
     stat = state.stat()
@@ -143,3 +143,20 @@ def test_prune__an_unchanged_state_is_not_read_again_until_the_end(tmp_path):
     assert _left(exp, "a") == BOTH  # looks unchanged: not read again during the search
     prune.on_experiment_end([])
     assert _left(exp, "a") == []
+
+
+def test_prune__reads_of_a_large_saved_state_are_spaced_by_their_own_cost(tmp_path, monkeypatch):
+    """At 1,000 trials the state is ~30 MB: parsing it every 5 s would take the driver over."""
+    from tuning import checkpoints
+    reads, clock = [], iter(range(0, 10**6, 10))  # each read "takes" 10 s of the fake clock
+    real = checkpoints.saved_statuses
+    monkeypatch.setattr(checkpoints, "saved_statuses", lambda fs, path: reads.append(path) or real(fs, path))
+    monkeypatch.setattr(checkpoints.time, "monotonic", lambda: float(next(clock)))
+    exp, prune = tmp_path / "exp", PruneCheckpoints(every_s=5, spacing=20)
+    prune.on_trial_complete(0, [], _trial(exp, "a"))
+    _save_state(exp, {"a": "RUNNING"}, session="2026-01-01_00-00-01")
+    prune.on_step_end(0, [])  # reads at t=0..10: the next read no sooner than t = 0 + 20 x 10
+    for step in range(5):  # t = 20, 30, ..., 60: too soon
+        _save_state(exp, {"a": "RUNNING"}, session=f"2026-01-01_00-00-1{step}")
+        prune.on_step_end(0, [])
+    assert len(reads) == 1
