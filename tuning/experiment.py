@@ -48,8 +48,8 @@ class UsageError(Exception):
 
 def own_files() -> tuple[str, ...]:
     """What a search writes into its experiment folder besides Ray Tune's own state."""
-    return (ARGS_FILE, SPACE_FILE, PARENT_FILE, CALIBRATION_FILE, PLAN_FILE, PREFIX_DIR, CHOSEN_FILE, storage.DriverLock.NAME,
-            *tracking.FILES, *REPORT_ENTRIES)
+    return (ARGS_FILE, SPACE_FILE, PARENT_FILE, CALIBRATION_FILE, PLAN_FILE, PREFIX_DIR, CHOSEN_FILE,
+            storage.DriverLock.NAME, *tracking.FILES, *REPORT_ENTRIES)
 
 
 def folder_of(storage_path: str, name: str) -> storage.Folder:
@@ -91,6 +91,13 @@ def space_data(args: argparse.Namespace, folder: storage.Folder | None = None) -
     if folder is not None and folder.exists(SPACE_FILE):
         return json.loads(folder.read_text(SPACE_FILE))
     return search_spaces.read(args.space)
+
+
+def default_choices(args: argparse.Namespace, folder: storage.Folder | None = None) -> tuple[str, str]:
+    """--search and --scheduler when not given: Optuna under ASHA, or for a space with nothing to search (the
+    paper's protocol, table1) a grid of its one configuration, never stopped."""
+    fixed = not search_spaces.searched(search_spaces.from_data(space_data(args, folder)))
+    return ("grid", "fifo") if fixed else ("optuna", "asha")
 
 
 def load_args(args: argparse.Namespace, given: set[str] | None = None) -> argparse.Namespace:
@@ -173,7 +180,8 @@ def prepare(args: argparse.Namespace, folder: storage.Folder,
             tracking.end_run(args.mlflow_uri, folder.read_text(PARENT_FILE).strip(), "KILLED")
             folder.delete(PARENT_FILE)
     # Settings saved without the command's checks (by a library caller) take the command's defaults.
-    args.search, args.scheduler = args.search or "optuna", args.scheduler or "asha"
+    search, scheduler = default_choices(args, folder)
+    args.search, args.scheduler = args.search or search, args.scheduler or scheduler
     restore = args.resume and snapshotted(folder)
     if not restore and folder.exists(ARGS_FILE):
         log.info("experiment %s stopped before its first snapshot: starting it afresh", folder.uri)

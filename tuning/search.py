@@ -45,16 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """--search and --scheduler by space: a space with nothing to search (the paper's protocol, table1) is a grid
-    of one configuration, never stopped."""
-    if not search_spaces.searched(search_spaces.load(args.space)):
-        for flag, value, want in (("--search", args.search, "grid"), ("--scheduler", args.scheduler, "fifo")):
+    """--search and --scheduler by space (`experiment.default_choices`): a space with nothing to search (the
+    paper's protocol, table1) is a grid of one configuration, never stopped, and refuses anything else."""
+    search, scheduler = experiment.default_choices(args)
+    if search == "grid":
+        for flag, value, want in (("--search", args.search, search), ("--scheduler", args.scheduler, scheduler)):
             if value not in (None, want):
                 parser.error(f"{flag} {value}: --space {args.space} has nothing to search: its one configuration "
                              f"runs on every seed to the end; leave {flag} out (or give {want})")
-        args.search, args.scheduler = "grid", "fifo"
-    args.search = args.search or "optuna"
-    args.scheduler = args.scheduler or "asha"
+    args.search, args.scheduler = args.search or search, args.scheduler or scheduler
 
 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
