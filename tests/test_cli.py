@@ -28,3 +28,19 @@ def test_config_error_message__names_the_flag_not_the_field():
     assert config_error_message(ConfigError("datasets", "x")) == "--dataset: x"
     assert config_error_message(ConfigError("e_ssl", "y")) == "--e-ssl (or --epochs): y"
     assert config_error_message(ConfigError("ssl_lr", "z")) == "--ssl-lr: z"
+
+
+def test_train_command__printed_for_a_chosen_configuration_trains_exactly_it():
+    import shlex
+
+    from trainable import train
+    from tuning.search import train_command
+    chosen = MixConfig(datasets=("digits",), model="tiny", fraction=0.5, val_frac=0.2, e_ssl=15, e_sl=15, alpha=0.9,
+                       rho=0.75, lam=0.25, batch_size=32, ssl_lr=2.4e-3, sl_lr=1.6e-2, mix_step="separate",
+                       ssl_cosine="ssl_only")
+    cmd = train_command({"config": chosen.to_dict(), "tuned_at_epoch_scale": 0.2})
+    argv = shlex.split(cmd.split("  #")[0])
+    assert argv[:3] == ["python", "-m", "trainable.train"] and "tuned at --epoch-scale 0.2" in cmd
+    parser = train.build_parser()
+    rebuilt = train.config_from(parser.parse_args(argv[3:]), parser)
+    assert rebuilt.replace(seed=chosen.seed) == chosen  # every field, the new ones included

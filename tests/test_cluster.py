@@ -236,7 +236,7 @@ def test_search_on_two_nodes_survives_losing_the_worker_node(tmp_path):
         _wait_for_output(head, tmp_path / "head.log", "Ray runtime started")
         store = tmp_path / "mlflow.db"
         # Started before any node can run a trial (the head has no CPU and no autoscaler): it waits for one.
-        cmd = _search_cmd(address, tmp_path / "results", "multi", "--num-samples", "2", "--epoch-scale", "3",
+        cmd = _search_cmd(address, tmp_path / "results", "multi", "--num-samples", "2", "--epoch-scale", "2",
                           "--max-failures", "3", "--mlflow-uri", f"sqlite:///{store}", "--experiment", "multi",
                           "--wait-for-nodes", "120")
         driver = subprocess.Popen(cmd, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT,

@@ -10,7 +10,7 @@ from trainable.config import (DATA, ROLES, RUNTIME, SSL, TRAIN, ConfigError, Mix
                               fields_with, optim_settings, plan, resolve, trajectory_fields)
 from trainable.engine import Engine
 from trainable.prefix_store import prefix_key
-from trainable.schedule import PhasePlan
+from trainable.schedule import PhasePlan, lr_at
 
 
 @pytest.mark.parametrize("field, value", [
@@ -66,6 +66,21 @@ def test_optim_settings__ssl_schedule_depends_on_e_ssl_only():
     a = optim_settings(MixConfig(e_ssl=10, e_sl=20, rho=0.25, alpha=0.1), "ssl")
     b = optim_settings(MixConfig(e_ssl=10, e_sl=5, rho=1.0, alpha=0.9), "ssl")
     assert a == b
+
+
+def test_optim_settings__ssl_cosine_ssl_only_anneals_to_zero_when_the_ssl_only_phase_ends():
+    cfg = MixConfig(e_ssl=100, e_sl=100, rho=0.5)  # 50 SSL-only epochs, then the mix phase on the SL schedule
+    spans, ends = optim_settings(cfg, "ssl"), optim_settings(cfg.replace(ssl_cosine="ssl_only"), "ssl")
+    assert (spans.total_epochs, spans.warmup_epochs) == (100, 20)
+    assert lr_at(50, spans.lr, spans.warmup_epochs, spans.total_epochs) == pytest.approx(0.691 * spans.lr, abs=1e-6)
+    assert (ends.total_epochs, ends.warmup_epochs) == (50, 10)  # warmup stays 20% of the schedule
+    assert lr_at(50, ends.lr, ends.warmup_epochs, ends.total_epochs) == 0.0
+    # SSL+SL (rho forced to 0) has no mix phase: both schedules are one; the SL schedule never changes.
+    base = cfg.replace(method="ssl_sl")
+    assert optim_settings(base, "ssl") == optim_settings(base.replace(ssl_cosine="ssl_only"), "ssl")
+    assert optim_settings(cfg, "sl") == optim_settings(cfg.replace(ssl_cosine="ssl_only"), "sl")
+    with pytest.raises(ConfigError, match="ssl_cosine"):
+        cfg.replace(ssl_cosine="ssl_only", mix_optim="ssl")  # its mix phase would run past the SSL schedule's end
 
 
 # --- field roles ------------------------------------------------------------------------------------

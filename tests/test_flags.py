@@ -26,6 +26,7 @@ SEARCH_BAD = [  # (flag, bad values, what the message says)
     ("--batch-size", ["0"], "must be at least 1"),
     ("--ssl-lr", ["0", "-1e-3", NAN, INF], "must be positive"),
     ("--sl-lr", ["0", NAN], "must be positive"),
+    ("--val-frac", ["-0.1", "1", NAN], "must be in [0, 1)"),
     ("--name", ["a/b", "..", "", "-x", "a b"], "must be one folder name"),
     ("--storage-path", ["ftp://host/x", "s3://"], "must be a local folder or a URI"),
     ("--mlflow-uri", ["ftp://host", "sqlite://relative.db"], "must be an MLflow tracking URI"),
@@ -46,6 +47,7 @@ TRAIN_BAD = [
     ("--threads", ["0"], "must be at least 1"),
     ("--batch-size", ["0"], "must be at least 1"),
     ("--sl-lr", [INF], "must be positive"),
+    ("--val-frac", ["1", INF], "must be in [0, 1)"),
 ]
 
 REPORT_BAD = [

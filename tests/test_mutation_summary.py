@@ -27,14 +27,14 @@ def frame(*rows):
 def test_trial_row__every_column_comes_from_its_source():
     config = {"method": "mixtraining", "datasets": ["digits", "mnist"], "e_ssl": 4, "e_sl": 6, "seed": 3,
               "alpha": 0.5, "rho": 0.5, "lam": 0.5, "batch_size": 64, "_completion": True, "_confirm": "tuned",
-              "epoch_scale": 0.3}
+              "epoch_scale": 0.3, "val_frac": 0.2}
     metrics = {"trial_id": "t1", "alpha": 0.25, "lam": 0.75, "val_acc": 0.8, "test_acc": 0.7, "train_time_s": 12.0,
                "calibrated_time_s": 9.0, "compute_tflop": 2.0, "sl_epochs": 5, "ssl_epochs_reused": 2,
                "ssl_time_reused_s": 3.5}
     r = trial_row(config, metrics, completed=True, error="boom", where="here")
     expected = {"trial_id": "t1", "method": "mixtraining", "completion": True, "confirm": "tuned",
-                "datasets": "digits+mnist", "ssl_dataset": "", "model": "tiny", "fraction": 1.0, "epochs": 6,
-                "e_ssl": 4, "epoch_scale": 0.3, "batch_size": 64, "seed": 3,
+                "datasets": "digits+mnist", "ssl_dataset": "", "model": "tiny", "fraction": 1.0, "val_frac": 0.2,
+                "epochs": 6, "e_ssl": 4, "epoch_scale": 0.3, "batch_size": 64, "seed": 3,
                 "alpha": 0.25, "rho": 0.5, "lam": 0.75,  # PBT's last values, from the metrics
                 "val_acc": 0.8, "test_acc": 0.7, "train_time_s": 12.0, "calibrated_time_s": 9.0,
                 "compute_tflop": 2.0, "sl_epochs": 5, "completed": True, "ssl_epochs_reused": 2,

@@ -119,8 +119,9 @@ def test_search__grid_over_paper_space_runs_each_combination_once_plus_baselines
 
 def test_search__table1_protocol_runs_the_papers_configuration_on_every_seed_to_the_end(ray_cluster, tmp_path):
     df, out = run_search_cli(tmp_path, "--space", "table1", "--epoch-scale", "0.02", "--seeds", "2", "--fraction",
-                             "0.5", "--name", "t1", "--no-mlflow")
+                             "0.5", "--name", "t1", "--no-mlflow", "--val-frac", "0")  # nothing chosen: every image trains
     assert sorted(df["method"]) == ["mixtraining"] * 2 + ["sl"] * 2 + ["ssl_sl"] * 2
+    assert (df["val_frac"] == 0).all() and df["val_acc"].isna().all()
     assert df["completed"].all() and (df["epochs"] == 2).all()
     mix = df[df["method"] == "mixtraining"]
     assert (mix[["alpha", "rho", "lam"]] == 0.5).all().all() and sorted(mix["seed"]) == [0, 1]
@@ -264,6 +265,8 @@ def test_search__impossible_resource_request_fails_fast(ray_cluster, tmp_path, c
     (["--space", "table1", "--scheduler", "asha"], "--scheduler asha: --space table1 has nothing to search: its one "
                                                    "configuration runs on every seed to the end"),
     (["--space", "table1", "--search", "optuna"], "--search optuna: --space table1"),
+    (["--val-frac", "0"], "--val-frac 0: --space paper with --scheduler asha chooses on validation accuracy"),
+    (["--val-frac", "0", "--space", "smoke", "--scheduler", "fifo"], "--val-frac 0: --space smoke with --scheduler fifo"),
 ])
 def test_search__invalid_flags_fail_with_a_message_naming_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -11,9 +11,9 @@ from tuning.summary import choose_best, comparison_table, format_paired, format_
 
 
 def row(method, seed, val, test, alpha=0.5, rho=0.5, completed=True, error=None, completion=False, confirm="",
-        dataset="digits", time=10.0, tflop=1.0, wall=20.0):
+        dataset="digits", time=10.0, tflop=1.0, wall=20.0, **fields):
     config = {"method": method, "datasets": [dataset], "model": "tiny", "fraction": 1.0, "e_ssl": 10, "e_sl": 10,
-              "seed": seed, "alpha": alpha, "rho": rho, "_completion": completion, "_confirm": confirm}
+              "seed": seed, "alpha": alpha, "rho": rho, "_completion": completion, "_confirm": confirm, **fields}
     metrics = {"val_acc": val, "test_acc": test, "calibrated_time_s": time, "compute_tflop": tflop,
                "train_time_s": wall, "trial_id": f"{method}-{seed}-{alpha}-{rho}-{completion}"}
     return trial_row(config, metrics, completed=completed, error=error, epoch_scale=0.1)
@@ -75,6 +75,16 @@ def test_comparison_table__runs_on_other_data_get_rows_of_their_own():
     paired = format_paired(paired_stats(df))  # and its paired lines say which data they are about
     assert "MixTraining - SL (datasets mnist, fraction 1, epochs 10)" in paired
     assert "MixTraining - SL (datasets digits, fraction 1, epochs 10)" in paired
+
+
+def test_comparison_table__runs_with_another_validation_hold_out_train_on_other_images_and_get_rows_of_their_own():
+    all_images = [row(m, s, None, 0.9, val_frac=0.0) for m in ("sl", "ssl_sl", "mixtraining") for s in (0, 1)]
+    df = frame(*[row(m, s, 0.5, 0.5, val_frac=0.1) for m in ("sl", "ssl_sl", "mixtraining") for s in (0, 1)],
+               *all_images)
+    table = comparison_table(df)
+    assert len(table) == 6 and sorted(set(table["val_frac"])) == [0.0, 0.1]
+    assert (table[table["val_frac"] == 0]["test_acc_mean"] == 0.9).all()  # nothing pooled across hold-outs
+    assert "| val_frac |" in format_table(table).splitlines()[0]
 
 
 def test_paired_stats__mean_and_t_interval_of_the_per_seed_differences():

@@ -13,7 +13,7 @@ import os
 import re
 from typing import Any, Callable
 
-from trainable.config import MIX_OPTIMS, MIX_STEPS, SWITCHES, ConfigError, preset_for
+from trainable.config import MIX_OPTIMS, MIX_STEPS, SSL_COSINES, SWITCHES, ConfigError, MixConfig, preset_for
 from trainable.datasets import BUNDLED, DATASETS
 from trainable.models import MODEL_CONFIGS
 
@@ -155,6 +155,9 @@ def add_common_args(p: argparse.ArgumentParser, default_dataset: str = "digits")
                    help="SSL dataset when it differs from the supervised one (images mixed with --lam)")
     g.add_argument("--data-dir", default="data", type=local_folder, help="where dataset files live (default: ./data)")
     g.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
+    g.add_argument("--val-frac", type=number(float, 0, 1, high_open=True), default=MixConfig.val_frac,
+                   help="held out of each training split for model selection (default %(default)g); 0 trains on "
+                        "all of it, as the paper does, where nothing is selected")
     g = p.add_argument_group("model and optimiser")
     g.add_argument("--model", default="auto", choices=("auto", *MODEL_CONFIGS),
                    help="auto: vit_tiny (32x32, patch 2), vit_tiny_64 for TinyImageNet, tiny for bundled data")
@@ -165,6 +168,10 @@ def add_common_args(p: argparse.ArgumentParser, default_dataset: str = "digits")
                    help="merged: one encoder pass (the paper); separate: MAE pass + SL pass (ablation)")
     g.add_argument("--mix-optim", default="sl", choices=MIX_OPTIMS,
                    help="optimiser settings of the mix phase (default sl: the SL warmup starts there)")
+    g.add_argument("--ssl-cosine", default="e_ssl", choices=SSL_COSINES,
+                   help="e_ssl: the SSL cosine spans all e_ssl epochs, so MixTraining's SSL-only phase stops partway "
+                        "down it (default); ssl_only: it anneals to zero when the SSL-only phase ends (then that "
+                        "phase depends on rho and fewer SSL prefixes are shared)")
     g.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda or cuda:N")
     g = p.add_argument_group("speed switches (auto: on with CUDA, off on the CPU)")
     g.add_argument("--amp", default="auto", choices=SWITCHES, help="bf16 autocast")
@@ -181,8 +188,8 @@ def common_config(args: argparse.Namespace) -> dict[str, Any]:
     """MixConfig fields from the shared flags, with the bundled-data preset where a flag was not given."""
     kw: dict[str, Any] = dict(
         datasets=tuple(args.dataset), ssl_dataset=args.ssl_dataset, data_dir=args.data_dir,
-        download=args.download, model=args.model, mix_step=args.mix_step,
-        mix_optim=args.mix_optim, device=args.device, amp=args.amp, compile=args.compile,
+        download=args.download, val_frac=args.val_frac, model=args.model, mix_step=args.mix_step,
+        mix_optim=args.mix_optim, ssl_cosine=args.ssl_cosine, device=args.device, amp=args.amp, compile=args.compile,
         fused_adamw=args.fused_adamw, sdpa=args.sdpa, deterministic=args.deterministic)
     preset = preset_for(kw["datasets"], args.ssl_dataset)
     for name in ("batch_size", "ssl_lr", "sl_lr"):

@@ -21,6 +21,7 @@ METHODS = ("sl", "ssl_sl", "mixtraining")
 SWITCHES = ("auto", "on", "off")
 MIX_STEPS = ("merged", "separate")
 MIX_OPTIMS = ("sl", "ssl")
+SSL_COSINES = ("e_ssl", "ssl_only")
 
 
 # What a field means for the rest of the system is declared on the field (`roles`); the sets the
@@ -58,6 +59,7 @@ class MixConfig:
     mask_ratio: float = _field(0.75, SSL)  # MAE mask ratio (He et al.)
     mix_step: str = _field("merged", TRAIN)  # merged: one encoder pass (Sec. 2.2.1, App. A.2); separate: MAE + SL pass
     mix_optim: str = _field("sl", TRAIN)  # optimiser settings of the mix phase, see optim_settings()
+    ssl_cosine: str = _field("e_ssl", SSL)  # where the SSL cosine ends: after e_ssl epochs or the SSL-only phase
     batch_size: int = _field(256, SSL)  # Table 7
     # Optimiser settings; None takes Table 7 (or the TinyImageNet overrides of App. A.3).
     ssl_lr: float | None = _field(None, SSL)  # base LR, scaled by batch_size / 256 as in MAE
@@ -98,6 +100,10 @@ class MixConfig:
         _check_choice("model", self.model, ("auto", *MODEL_CONFIGS))
         _check_choice("mix_step", self.mix_step, MIX_STEPS)
         _check_choice("mix_optim", self.mix_optim, MIX_OPTIMS)
+        _check_choice("ssl_cosine", self.ssl_cosine, SSL_COSINES)
+        if self.ssl_cosine == "ssl_only" and self.mix_optim == "ssl":
+            raise ConfigError("ssl_cosine", "'ssl_only' ends the SSL schedule before the mix phase, which "
+                              "mix_optim='ssl' trains with it; use mix_optim='sl' or ssl_cosine='e_ssl'")
         for name in ("amp", "compile", "fused_adamw"):
             _check_choice(name, getattr(self, name), SWITCHES)
         _check_choice("sdpa", self.sdpa, ("on", "off"))
@@ -268,6 +274,10 @@ def optim_settings(cfg: MixConfig, kind: str, phases: PhasePlan | None = None) -
       case with no overlap. The SSL-only phase then depends on SSL settings alone.
     - "ssl": the mix phase continues the SSL optimiser and schedule (its last e_mix epochs),
       and the SL schedule starts at SL epoch e_mix.
+    Where the SSL cosine ends is a second choice (`ssl_cosine`): "e_ssl" (default) spans all e_ssl
+    epochs, so with mix_optim "sl" the SSL-only phase stops partway down it (at rho = 0.5 at 0.69x the
+    base LR) while SSL+SL anneals to zero; "ssl_only" anneals to zero at the end of the SSL-only
+    phase, which then depends on rho (prefixes are shared only between equal SSL-only lengths).
     phases: the config's plan (`plan(cfg)`) when the caller has it already.
     """
     if kind not in ("ssl", "sl"):
@@ -278,7 +288,10 @@ def optim_settings(cfg: MixConfig, kind: str, phases: PhasePlan | None = None) -
     given = [getattr(cfg, f"{kind}_{name}") for name in ("lr", "beta2", "weight_decay")]
     lr, beta2, wd = (v if v is not None else d for v, d in zip(given, _OPTIM_DEFAULTS[kind, tin]))
     p = phases if phases is not None else plan(cfg)
-    epochs = p.ssl + p.mix if kind == "ssl" else p.mix + p.sl
+    if kind == "ssl":
+        epochs = p.ssl + (p.mix if cfg.ssl_cosine == "e_ssl" else 0)
+    else:
+        epochs = p.mix + p.sl
     warmup = cfg.ssl_warmup if kind == "ssl" else cfg.sl_warmup
     # MAE's rule: lr = base_lr * batch_size / 256
     return OptimSettings(lr * cfg.batch_size / 256, (0.9, beta2), wd, warmup * epochs, epochs)

@@ -77,8 +77,16 @@ class PrefixStore:
     def _file(self, key: str, epoch: int) -> str:
         return f"{self._dir(key)}/epoch_{epoch:05d}.pt"
 
+    def _list(self, path: str, recursive: bool = False) -> list:
+        """The entries under `path`; none when it does not exist. allow_not_found alone is not enough:
+        pyarrow can still raise when the folder appears or vanishes while it lists it."""
+        try:
+            return self.fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=recursive, allow_not_found=True))
+        except FileNotFoundError:
+            return []
+
     def epochs(self, key: str) -> list[int]:
-        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self._dir(key), allow_not_found=True))
+        infos = self._list(self._dir(key))
         return sorted(int(i.base_name[6:-3]) for i in infos
                       if i.base_name.startswith("epoch_") and i.base_name.endswith(".pt"))
 
@@ -138,9 +146,7 @@ class PrefixStore:
         Unfinished temporary files count against the bound. Ties in modification time (coarse
         clocks) go to the shorter prefix of a key, so the order never depends on the filesystem.
         """
-        files = [i for i in self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, recursive=True,
-                                                                          allow_not_found=True))
-                 if i.type == pyarrow.fs.FileType.File]
+        files = [i for i in self._list(self.root, recursive=True) if i.type == pyarrow.fs.FileType.File]
         now_ns = time.time_ns()
         stale = {i.path for i in files if i.base_name.startswith(".tmp-")
                  and now_ns - (i.mtime_ns or now_ns) > STALE_TMP_S * 1e9}

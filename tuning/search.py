@@ -68,6 +68,10 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     space = search_spaces.load(args.space)
     if why := SCHEDULERS[args.scheduler].refusal(space, args.search):
         parser.error(f"--scheduler {args.scheduler} with --space {args.space}: {why}")
+    if args.val_frac == 0 and (search_spaces.searched(space) or args.scheduler != "fifo"):
+        parser.error(f"--val-frac 0: --space {args.space} with --scheduler {args.scheduler} chooses on validation "
+                     "accuracy and nothing would be held out for it; give --val-frac above 0 (default 0.1), or "
+                     "--space table1 (nothing to choose) to train on every training image as the paper does")
     if args.search == "grid":
         try:
             search_spaces.grid(space)
@@ -135,8 +139,8 @@ def render(outcome: driver.Outcome) -> str:
 
 
 # Config fields `python -m trainable.train` takes as flags (the others stay at their defaults there).
-TRAIN_FLAGS = ("fraction", "e_ssl", "e_sl", "alpha", "rho", "lam", "model", "batch_size", "ssl_lr", "sl_lr", "mix_step",
-               "mix_optim")
+TRAIN_FLAGS = ("fraction", "val_frac", "e_ssl", "e_sl", "alpha", "rho", "lam", "model", "batch_size", "ssl_lr", "sl_lr",
+               "mix_step", "mix_optim", "ssl_cosine")
 
 
 def train_command(chosen: dict) -> str:

@@ -36,8 +36,8 @@ CONFIG_KEYS = ["alpha", "rho", "lam"]
 METHOD_NAMES = {"sl": "SL", "ssl_sl": "SSL+SL", "mixtraining": "MixTraining", "default": "MixTraining (default)"}
 # Everything that defines a comparison: rows differing in any of these are never pooled (unless the search varied
 # one of them: then it tells configurations apart instead).
-COMPARISON_KEYS = ["datasets", "ssl_dataset", "model", "fraction", "epochs", "epoch_scale", "batch_size", "ssl_lr",
-                   "sl_lr", "mix_step", "mix_optim"]
+COMPARISON_KEYS = ["datasets", "ssl_dataset", "model", "fraction", "val_frac", "epochs", "epoch_scale", "batch_size",
+                   "ssl_lr", "sl_lr", "mix_step", "mix_optim"]
 # Fields a search space may vary, each a column of the rows (e_sl is the `epochs` column).
 SEARCHABLE = [f for f in field_names() if f not in AXES and f != "e_sl"]
 _TRUE = (True, "true", "True", 1, "1")
@@ -67,12 +67,12 @@ def trial_row(config: Mapping[str, Any], metrics: Mapping[str, Any], *, complete
     # run at the same base rates.
     ssl_lr, sl_lr = (lr * 256 / cfg.batch_size for lr in resolve_optim(cfg))
     searchable = {k: getattr(cfg, k) for k in SEARCHABLE}
-    return {**searchable, 
+    return {**searchable,
         "trial_id": metrics.get("trial_id"), "method": config.get("method"),
         "completion": config.get(COMPLETION, config.get("completion")) in _TRUE,
         "confirm": str(config.get(CONFIRM, config.get("confirm")) or ""),
         "datasets": "+".join(cfg.datasets), "ssl_dataset": cfg.ssl_dataset or "", "model": _model(cfg),
-        "fraction": cfg.fraction, "epochs": cfg.e_sl, "e_ssl": cfg.e_ssl,
+        "fraction": cfg.fraction, "val_frac": cfg.val_frac, "epochs": cfg.e_sl, "e_ssl": cfg.e_ssl,
         "epoch_scale": float(epoch_scale if epoch_scale is not None else config.get("epoch_scale", 1.0)),
         "batch_size": cfg.batch_size, "ssl_lr": ssl_lr, "sl_lr": sl_lr, "mix_step": cfg.mix_step,
         "mix_optim": cfg.mix_optim, "seed": cfg.seed,
@@ -136,7 +136,10 @@ def choose_best(df: pd.DataFrame, config: list[str] | None = None) -> pd.DataFra
     some_full = full.groupby([ran[k].astype(str) for k in group]).transform("any") if group else full.any()
     proper = ran[ran["completed"] & (full | ~some_full)]
     mean = proper.groupby(group + config, dropna=False)["val_acc"].mean().rename("mean_val").reset_index()
-    best = mean.loc[mean.groupby(group, dropna=False)["mean_val"].idxmax()]
+    # No validation (--val-frac 0, allowed only where one configuration is tried) ranks below any measured one.
+    ranked = mean["mean_val"].fillna(-math.inf)
+    best = mean.loc[ranked.groupby([mean[k] for k in group], dropna=False).idxmax()] if group else \
+        mean.loc[[ranked.idxmax()]]
     tried = mixes.groupby(group, dropna=False)[config].apply(lambda g: len(g.astype(str).drop_duplicates()))
     return best.merge(tried.rename("tried").reset_index(), on=group, how="left")
 
@@ -233,7 +236,7 @@ def paired_stats(df: pd.DataFrame, confidence: float = 0.95, alpha: float = 0.05
                 d = (_per_seed(runs[method], "test_acc") - _per_seed(runs[other], "test_acc")).dropna()
                 ratio = runs[method]["compute_tflop"].mean() / runs[other]["compute_tflop"].mean()
                 rows.append({**key, "method": method, "versus": other, "compute_ratio": ratio,
-                             **_paired(d, confidence)})
+                             **paired_difference(d, confidence)})
     out = pd.DataFrame(rows)
     if not out.empty:
         out["p_holm"] = holm(out["p_value"].tolist())
@@ -246,7 +249,8 @@ def paired_stats(df: pd.DataFrame, confidence: float = 0.95, alpha: float = 0.05
 PAIRS = (("mixtraining", "default"), ("mixtraining", "ssl_sl"), ("mixtraining", "sl"), ("default", "ssl_sl"))
 
 
-def _paired(d: pd.Series, confidence: float) -> dict[str, Any]:
+def paired_difference(d: pd.Series, confidence: float = 0.95) -> dict[str, Any]:
+    """Mean of per-seed differences `d`, its t-interval and two-sided p-value; no interval without spread."""
     n, mean = len(d), d.mean()
     sd = d.std() if n > 1 else math.nan
     if n < 2 or not sd > 0:
