@@ -17,7 +17,7 @@ RUN := PATH="$(abspath $(VENV))/bin:$$PATH" $(PY)
 .PHONY: run test test-fast venv clean
 
 run: $(STAMP)
-	$(RUN) tuning/search.py --space paper --dataset digits --model tiny --epoch-scale 0.2 --num-samples 12
+	$(RUN) tuning/search.py --space paper --dataset digits --model tiny --epoch-scale 0.2 --num-samples 12 --confirm-seeds 4
 
 test: $(STAMP)
 	$(RUN) -m pytest -q

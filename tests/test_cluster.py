@@ -368,3 +368,47 @@ def test_search_scales_from_zero_workers_with_the_autoscaler_and_refuses_what_no
     trials = trial_results(results / "scale0")
     assert len(trials) == 3  # 2 baselines + 1 sample, run on the worker the autoscaler started (the head has no CPU)
     assert all(rs[-1]["completed"] for rs in trials.values())
+
+
+# --- fractional GPUs, on a Ray instance that declares a GPU this machine does not have ----------------------
+
+FAKE_GPU_DRIVER = """
+import json, sys, threading, time
+import ray
+ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False,
+         runtime_env={"env_vars": {"PYTHONPATH": sys.argv[2]}})
+from tuning import search
+used, stop = [], threading.Event()
+def watch():  # what the trials' placement groups hold while the search runs
+    while not stop.is_set():
+        try:
+            free = ray.available_resources()
+            used.append((1 - free.get("GPU", 0.0), 4 - free.get("CPU", 0.0)))
+        except Exception:
+            pass
+        time.sleep(0.05)
+threading.Thread(target=watch, daemon=True).start()
+rc = search.main(json.loads(sys.argv[1]))
+stop.set()
+print("USED " + json.dumps(used))
+sys.exit(rc)
+"""
+
+
+@pytest.mark.slow
+def test_search__a_quarter_gpu_per_trial_runs_four_trials_at_once_on_one_gpu_each_told_its_share(tmp_path):
+    # A Ray instance of its own: the session's is GPU-free. 4 CPUs would allow 8 trials of 0.5 CPU; the one GPU
+    # allows 4 of 0.25. The device stays the CPU (there is no GPU to compute on).
+    argv = [*TINY, "--space", "smoke", "--search", "grid", "--scheduler", "fifo", "--seeds", "2", "--gpus-per-trial",
+            "0.25", "--cpus-per-trial", "0.5", "--device", "cpu", "--no-mlflow", "--storage-path", str(tmp_path),
+            "--name", "gpu"]
+    proc = subprocess.run([sys.executable, "-c", FAKE_GPU_DRIVER, json.dumps(argv), str(REPO)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"})  # Ray refuses ""
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    used = json.loads(proc.stdout.rsplit("USED ", 1)[1])
+    assert max(g for g, _ in used) == pytest.approx(1.0)  # four quarters at once: the whole GPU
+    assert max(c for _, c in used) <= 2.0 + 1e-9  # and never more than four trials, though the CPUs allow eight
+    results = trial_results(tmp_path / "gpu")
+    assert len(results) == 12 and all(rs[-1]["completed"] for rs in results.values())  # 8 + 4 baselines
+    assert {r["gpu_share"] for rs in results.values() for r in rs} == {0.25}  # each trial told its share

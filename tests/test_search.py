@@ -122,6 +122,7 @@ def test_search__table1_protocol_runs_the_papers_configuration_on_every_seed_to_
                              "0.5", "--name", "t1", "--no-mlflow", "--val-frac", "0")  # nothing chosen: every image trains
     assert sorted(df["method"]) == ["mixtraining"] * 2 + ["sl"] * 2 + ["ssl_sl"] * 2
     assert (df["val_frac"] == 0).all() and df["val_acc"].isna().all()
+    assert "MixTraining at fraction 0.5, 2 epochs: alpha=0.5 rho=0.5 lam=0.5 (no validation (--val-frac 0);" in out
     assert df["completed"].all() and (df["epochs"] == 2).all()
     mix = df[df["method"] == "mixtraining"]
     assert (mix[["alpha", "rho", "lam"]] == 0.5).all().all() and sorted(mix["seed"]) == [0, 1]

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -83,6 +84,17 @@ def data_cache_bytes(device: torch.device, gpu_share: float) -> int:
     return int(GPU_DATA_CACHE_SHARE * total * min(1.0, gpu_share or 1.0))
 
 
+def assigned_gpu(told: float) -> float:
+    """This trial's share of a GPU as Ray assigned it (what its placement group holds); `told` (--gpus-per-trial)
+    outside a Ray worker, e.g. a Trainable made by hand."""
+    if ray.is_initialized():
+        try:
+            return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+        except Exception:  # noqa: BLE001 - the driver process: Ray assigns resources to workers only
+            pass
+    return told
+
+
 def measure_step_seconds(base: dict[str, Any], loaded: dict[str, ImageSet] | None = None,
                          threads: int = 1) -> dict[str, float]:
     """Seconds per image of each step kind for the search's model and data, on this worker's device, with
@@ -107,7 +119,8 @@ class MixTrainable(tune.Trainable):
         self.run = resolve(MixConfig.from_trial(self.full))
         self.mutable = PBT_MUTABLE if settings.pbt else ()
         self.system = SystemMetrics(self.run.device) if settings.system_metrics else None
-        budget = data_cache_bytes(self.run.device, settings.gpu_share)
+        self.gpu_share = assigned_gpu(settings.gpu_share)
+        budget = data_cache_bytes(self.run.device, self.gpu_share)
         self.engine = Engine(self.run, data=_DATA_CACHE.get(self.run, loaded, budget),
                              step_seconds=settings.step_seconds)
         # SSL-prefix sharing (switched on by the search with a prefix store): start from the
@@ -130,6 +143,7 @@ class MixTrainable(tune.Trainable):
             self.store.save(self.prefix_key, e, self.engine.state_dict())
         cfg = self.run.cfg
         m["alpha"], m["lam"] = cfg.alpha, cfg.lam  # metrics too: PBT changes them during a trial
+        m["gpu_share"] = self.gpu_share  # of one GPU, as Ray assigned it
         m["ssl_epochs_reused"] = self.engine.prefix_epochs
         m["ssl_time_reused_s"] = self.engine.prefix_time_s
         # Tune wants the metric in every result. Before the classifier has trained there is no

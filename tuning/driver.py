@@ -319,14 +319,16 @@ def trial_rows(results, base: dict, epoch_scale: float, keys: list[str] | None =
 
 def best_checkpoint(results, df: pd.DataFrame):
     """The final checkpoint of the chosen MixTraining configuration's best seed (on validation) among this
-    search's trials (a --warm-start search's earlier trials have their checkpoints in the earlier search)."""
+    search's trials (a --warm-start search's earlier trials have their checkpoints in the earlier search); None
+    without validation accuracy to choose by (--val-frac 0)."""
     best = choose_best(df)
+    best = best[best["mean_val"].notna()]
     if best.empty:
         return None
     b = best.loc[best["mean_val"].idxmax()]
     keys = [*config_keys(df), "fraction", "epochs"]
     checkpoints = {(r.metrics or {}).get("trial_id"): r.checkpoint for r in results}
     runs = df[(df["method"] == "mixtraining") & df["completed"] & same_config(df, b, keys)
-              & df["trial_id"].isin(checkpoints)]
+              & df["trial_id"].isin(checkpoints) & df["val_acc"].notna()]
     return None if runs.empty else checkpoints[runs.loc[runs["val_acc"].idxmax(), "trial_id"]]
 

@@ -96,8 +96,9 @@ def summarize(df: pd.DataFrame, objective: str) -> str:
     keys = config_keys(df)
     for r in choose_best(df).to_dict("records"):
         chosen = " ".join(f"{k}={r[k]:g}" if isinstance(r[k], float) else f"{k}={r[k]}" for k in keys)
+        val = "no validation (--val-frac 0)" if pd.isna(r["mean_val"]) else f"mean val_acc {r['mean_val']:.4f}"
         lines.append(f"best MixTraining at fraction {r['fraction']:g}, {r['epochs']} epochs: {chosen} "
-                     f"(mean val_acc {r['mean_val']:.4f}; {int(r['tried'])} configuration(s) tried)")
+                     f"({val}; {int(r['tried'])} configuration(s) tried)")
     if objective == "pareto":
         lines += ["", "== Pareto front (validation accuracy vs compute) ==",
                   pareto_front(df).to_string(index=False, float_format=lambda v: f"{v:.4g}")]
