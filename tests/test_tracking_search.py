@@ -138,7 +138,8 @@ def _kill_and_restart(server: MlflowServer, exp, seen: dict) -> None:
 
 def test_tracking__a_server_killed_mid_search_costs_no_trial_and_no_metric(ray_cluster, tmp_path, processes,
                                                                            monkeypatch, caplog):
-    monkeypatch.setattr(delivery, "FLUSH_TIMEOUT_S", 90.0)  # a server that never comes back fails in time
+    # A server that never comes back fails in time; one slow to restart on a loaded machine is still waited for.
+    monkeypatch.setattr(delivery, "FLUSH_TIMEOUT_S", 300.0)
     for key, value in tracking.HTTP_ENV.items():  # as the command sets them: MLflow's client fails fast
         monkeypatch.setenv(key, value)
     (tmp_path / "mlflow").mkdir()
