@@ -159,7 +159,8 @@ def run_tune(args, storage: str, name: str, seed: int, budgets: list[int], searc
                          "epochs": r.config["epochs"], "val_acc": last.get("val_acc"),
                          "test_acc": last.get("test_acc"), "completed": bool(last.get("completed")),
                          "spent_tflop": last.get("compute_tflop", 0.0), "end": last.get("timestamp", 0),
-                         "train_time_s": last.get("train_time_s", 0.0), "search_proper": part == "mix"})
+                         "train_time_s": last.get("train_time_s", 0.0), "search_proper": part == "mix",
+                         "part": "search" if part == "mix" else "baselines"})
         frames.append(pd.DataFrame(rows))
     return pd.concat(frames, ignore_index=True)
 
@@ -189,13 +190,15 @@ def run_mixtune(args, storage: str, name: str, seed: int, ssl_epoch: float, conf
                        + ([] if confirm else ["--confirm-seeds", "0"]))
     ends = end_times(os.path.join(storage, name))
     chosen = {int(r["epochs"]): (r["alpha"], r["rho"]) for r in choose_best(df).to_dict("records")}
-    proper = (df["method"] == "mixtraining") & ~df["completion"] & (confirm_roles(df) == "")
+    roles = confirm_roles(df)
+    proper = (df["method"] == "mixtraining") & ~df["completion"] & (roles == "")
+    part = np.select([roles != "", df["completion"], proper], ["confirmation", "completion", "search"], "baselines")
     return pd.DataFrame({
         "method": df["method"], "alpha": df["alpha"], "rho": df["rho"], "epochs": df["epochs"],
         "val_acc": df["val_acc"], "test_acc": df["test_acc"], "completed": df["completed"],
         "spent_tflop": df["compute_tflop"] - df["ssl_epochs_reused"] * ssl_epoch,
         "end": df["trial_id"].map(ends).fillna(0), "train_time_s": df["train_time_s"] - df["ssl_time_reused_s"],
-        "search_proper": proper}).assign(final_choice=json.dumps({str(k): v for k, v in chosen.items()}))
+        "search_proper": proper, "part": part}).assign(final_choice=json.dumps({str(k): v for k, v in chosen.items()}))
 
 
 # --- regret as the search goes ---------------------------------------------------------------------------
@@ -229,6 +232,14 @@ def first_within(points: list[tuple[float, float]], points_of_regret: float = 1.
     return None
 
 
+def spent_by_part(trials: pd.DataFrame) -> dict:
+    """Where the compute went (TFLOP: the search's MixTraining trials, baselines, completion and confirmation
+    runs) and how many of the search's MixTraining trials the scheduler stopped before their end."""
+    spent = trials.groupby("part")["spent_tflop"].sum()
+    out = {f"{p}_tflop": float(spent.get(p, 0.0)) for p in ("search", "baselines", "completion", "confirmation")}
+    return {**out, "stopped_early": int((trials["search_proper"] & ~trials["completed"].astype(bool)).sum())}
+
+
 def summarize(results: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(results)
     out = []
@@ -236,7 +247,10 @@ def summarize(results: list[dict]) -> pd.DataFrame:
         n = len(g)
         half = stats.t.ppf(0.975, n - 1) * g["regret"].std() / math.sqrt(n) if n > 1 else math.nan
         out.append({"method": method, "search_seeds": n, "regret_points": g["regret"].mean(), "regret_ci_half": half,
-                    "compute_tflop": g["spent_tflop"].mean(), "wall_s": g["wall_s"].mean(),
+                    "compute_tflop": g["spent_tflop"].mean(), "search_tflop": g["search_tflop"].mean(),
+                    "baselines_tflop": g["baselines_tflop"].mean(),
+                    "completion_confirmation_tflop": (g["completion_tflop"] + g["confirmation_tflop"]).mean(),
+                    "stopped_early": g["stopped_early"].mean(), "wall_s": g["wall_s"].mean(),
                     "compute_to_1_point_tflop": g["to_1_point"].median() if g["to_1_point"].notna().all() else None,
                     "reached_1_point": int(g["to_1_point"].notna().sum())})
     return pd.DataFrame(out)
@@ -260,7 +274,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("compute spent (TFLOP)")
     ax.set_ylabel("regret (points of test accuracy, mean over budgets)")
-    ax.set_title("Regret of the chosen alpha, rho against compute (band: min-max over search seeds)")
+    ax.set_title("Regret of the chosen alpha, rho against compute\n(line: mean; band: min-max over search seeds)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -304,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                         {int(k): tuple(v) for k, v in json.loads(trials["final_choice"].iloc[0]).items()}, mix, best)
                     results.append({"method": method, "seed": seed, "regret": final, "wall_s": wall,
                                     "spent_tflop": float(trials["spent_tflop"].sum()), "trials": len(trials),
+                                    **spent_by_part(trials),
                                     "to_1_point": first_within(points), "curve": points})
                     print(f"{method} seed {seed}: regret {final:.2f} points, {results[-1]['spent_tflop']:.2f} TFLOP, "
                           f"{len(trials)} trials, {wall:.0f} s", flush=True)

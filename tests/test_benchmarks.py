@@ -119,3 +119,6 @@ def test_vs_tune__regret_is_the_mean_shortfall_of_the_choices_against_the_best_p
     stopped_only = trials.assign(completed=False)  # then the best stopped run at a budget is the choice
     assert vs_tune.choice_from(stopped_only)[8] == (0.1, 0.5)
     assert vs_tune.first_within([(1.0, 0.5), (2.0, 3.0), (3.0, 0.5)], 1.0) == 3.0  # and stays there
+    parts = trials.assign(part=["search", "search", "search", "baselines", "search"])
+    assert vs_tune.spent_by_part(parts) == {"search_tflop": 4.5, "baselines_tflop": 1.5, "completion_tflop": 0.0,
+                                            "confirmation_tflop": 0.0, "stopped_early": 1}

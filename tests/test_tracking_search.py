@@ -153,7 +153,9 @@ def test_tracking__a_server_killed_mid_search_costs_no_trial_and_no_metric(ray_c
     outage.join(timeout=600)
     assert "error" not in seen and server.healthy(), seen.get("error")
     count = lambda results: sum(map(len, results.values()))  # noqa: E731
-    assert not all(rs[-1].get("done") for rs in seen["at_kill"].values()), "killed after the search"
+    # Killed before the search's end: some of its 4 trials (2 samples + 2 baselines) had not finished (the ones
+    # that had reported may all have: the others had not started yet).
+    assert sum(bool(rs[-1].get("done")) for rs in seen["at_kill"].values()) < 4, "killed after the search"
     assert count(seen["at_back"]) >= count(seen["at_kill"]) + 2, "Tune waited for MLflow: no results while it was away"
     messages = [r.getMessage() for r in caplog.records]
     assert len([m for m in messages if "does not answer" in m]) == 1  # one warning per outage, not one per call
