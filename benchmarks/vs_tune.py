@@ -184,15 +184,22 @@ def end_times(folder: str) -> dict[str, float]:
     return out
 
 
+def trial_parts(df: pd.DataFrame) -> tuple[pd.Series, np.ndarray]:
+    """Which trials are the search's own MixTraining proposals, and each trial's part of the compute: confirmation
+    (any method, fresh seeds), completion (the chosen configuration's stopped seeds), search, or baselines."""
+    roles = confirm_roles(df)
+    proper = (df["method"] == "mixtraining") & ~df["completion"] & (roles == "")
+    return proper, np.select([roles != "", df["completion"], proper], ["confirmation", "completion", "search"],
+                             "baselines")
+
+
 def run_mixtune(args, storage: str, name: str, seed: int, ssl_epoch: float, confirm: bool) -> pd.DataFrame:
     df, _ = run_search(["--space", "paper", "--num-samples", str(args.num_samples), "--search-seed", str(seed),
                         "--storage-path", storage, "--name", name, *bench_flags(args)]
                        + ([] if confirm else ["--confirm-seeds", "0"]))
     ends = end_times(os.path.join(storage, name))
     chosen = {int(r["epochs"]): (r["alpha"], r["rho"]) for r in choose_best(df).to_dict("records")}
-    roles = confirm_roles(df)
-    proper = (df["method"] == "mixtraining") & ~df["completion"] & (roles == "")
-    part = np.select([roles != "", df["completion"], proper], ["confirmation", "completion", "search"], "baselines")
+    proper, part = trial_parts(df)
     return pd.DataFrame({
         "method": df["method"], "alpha": df["alpha"], "rho": df["rho"], "epochs": df["epochs"],
         "val_acc": df["val_acc"], "test_acc": df["test_acc"], "completed": df["completed"],

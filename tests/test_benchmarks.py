@@ -119,6 +119,19 @@ def test_vs_tune__regret_is_the_mean_shortfall_of_the_choices_against_the_best_p
     stopped_only = trials.assign(completed=False)  # then the best stopped run at a budget is the choice
     assert vs_tune.choice_from(stopped_only)[8] == (0.1, 0.5)
     assert vs_tune.first_within([(1.0, 0.5), (2.0, 3.0), (3.0, 0.5)], 1.0) == 3.0  # and stays there
-    parts = trials.assign(part=["search", "search", "search", "baselines", "search"])
+    parts = trials.assign(part=["search", "search", "search", "baselines", "search"],
+                          completed=[True, True, False, False, True])  # a stopped baseline is not the search's
     assert vs_tune.spent_by_part(parts) == {"search_tflop": 4.5, "baselines_tflop": 1.5, "completion_tflop": 0.0,
                                             "confirmation_tflop": 0.0, "stopped_early": 1}
+
+
+def test_vs_tune__each_trial_of_a_search_counts_toward_one_part_of_its_compute(monkeypatch):
+    vs_tune = _vs_tune(monkeypatch)
+    import pandas as pd
+    from test_summary import row
+    df = pd.DataFrame([row("sl", 0, 0.5, 0.5), row("ssl_sl", 0, 0.6, 0.6),
+                       row("mixtraining", 0, 0.9, 0.9), row("mixtraining", 1, 0.9, 0.9, completion=True),
+                       row("mixtraining", 5, 0.9, 0.9, confirm="tuned"), row("sl", 5, 0.5, 0.5, confirm="sl")])
+    proper, part = vs_tune.trial_parts(df)
+    assert list(proper) == [False, False, True, False, False, False]
+    assert list(part) == ["baselines", "baselines", "search", "completion", "confirmation", "confirmation"]

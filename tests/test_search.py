@@ -480,6 +480,11 @@ def test_best_checkpoint__the_best_seed_of_the_chosen_configuration_among_this_s
                for r in rows if r["seed"] != 2]
     assert driver.best_checkpoint(results, frame(*BASELINES, *rows)) == f"ckpt-{rows[1]['trial_id']}"
     assert driver.best_checkpoint([], frame(*BASELINES, *rows)) is None
+    # Nothing to choose from: no MixTraining run (every trial failed), or none with validation (--val-frac 0).
+    assert driver.best_checkpoint(results, frame(*BASELINES)) is None
+    no_val = [row("mixtraining", 0, val=float("nan"), test=0.9, alpha=a) for a in (0.1, 0.9)]
+    assert driver.best_checkpoint([SimpleNamespace(metrics={"trial_id": r["trial_id"]}, checkpoint="c") for r in no_val],
+                                  frame(*BASELINES, *no_val)) is None
 
 
 # --- spaces from files, dry runs -------------------------------------------------------------------
