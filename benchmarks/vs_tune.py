@@ -184,13 +184,12 @@ def end_times(folder: str) -> dict[str, float]:
     return out
 
 
-def trial_parts(df: pd.DataFrame) -> tuple[pd.Series, np.ndarray]:
-    """Which trials are the search's own MixTraining proposals, and each trial's part of the compute: confirmation
-    (any method, fresh seeds), completion (the chosen configuration's stopped seeds), search, or baselines."""
+def trial_parts(df: pd.DataFrame) -> np.ndarray:
+    """Each trial's part of the compute: confirmation (any method, fresh seeds), completion (the chosen
+    configuration's stopped seeds), search (the search's own MixTraining proposals), or baselines."""
     roles = confirm_roles(df)
-    proper = (df["method"] == "mixtraining") & ~df["completion"] & (roles == "")
-    return proper, np.select([roles != "", df["completion"], proper], ["confirmation", "completion", "search"],
-                             "baselines")
+    return np.select([roles != "", df["completion"], df["method"] == "mixtraining"],
+                     ["confirmation", "completion", "search"], "baselines")
 
 
 def run_mixtune(args, storage: str, name: str, seed: int, ssl_epoch: float, confirm: bool) -> pd.DataFrame:
@@ -199,13 +198,13 @@ def run_mixtune(args, storage: str, name: str, seed: int, ssl_epoch: float, conf
                        + ([] if confirm else ["--confirm-seeds", "0"]))
     ends = end_times(os.path.join(storage, name))
     chosen = {int(r["epochs"]): (r["alpha"], r["rho"]) for r in choose_best(df).to_dict("records")}
-    proper, part = trial_parts(df)
+    part = trial_parts(df)
     return pd.DataFrame({
         "method": df["method"], "alpha": df["alpha"], "rho": df["rho"], "epochs": df["epochs"],
         "val_acc": df["val_acc"], "test_acc": df["test_acc"], "completed": df["completed"],
         "spent_tflop": df["compute_tflop"] - df["ssl_epochs_reused"] * ssl_epoch,
         "end": df["trial_id"].map(ends).fillna(0), "train_time_s": df["train_time_s"] - df["ssl_time_reused_s"],
-        "search_proper": proper, "part": part}).assign(final_choice=json.dumps({str(k): v for k, v in chosen.items()}))
+        "search_proper": part == "search", "part": part}).assign(final_choice=json.dumps({str(k): v for k, v in chosen.items()}))
 
 
 # --- regret as the search goes ---------------------------------------------------------------------------

@@ -132,6 +132,6 @@ def test_vs_tune__each_trial_of_a_search_counts_toward_one_part_of_its_compute(m
     df = pd.DataFrame([row("sl", 0, 0.5, 0.5), row("ssl_sl", 0, 0.6, 0.6),
                        row("mixtraining", 0, 0.9, 0.9), row("mixtraining", 1, 0.9, 0.9, completion=True),
                        row("mixtraining", 5, 0.9, 0.9, confirm="tuned"), row("sl", 5, 0.5, 0.5, confirm="sl")])
-    proper, part = vs_tune.trial_parts(df)
-    assert list(proper) == [False, False, True, False, False, False]
+    part = vs_tune.trial_parts(df)
+    assert list(part == "search") == [False, False, True, False, False, False]
     assert list(part) == ["baselines", "baselines", "search", "completion", "confirmation", "confirmation"]

@@ -322,9 +322,8 @@ def best_checkpoint(results, df: pd.DataFrame):
     search's trials (a --warm-start search's earlier trials have their checkpoints in the earlier search); None
     without validation accuracy to choose by (--val-frac 0)."""
     best = choose_best(df)
-    if best.empty or best["mean_val"].isna().all():
+    if best["mean_val"].isna().all():  # nothing chosen, or chosen without validation
         return None
-    best = best[best["mean_val"].notna()]
     b = best.loc[best["mean_val"].idxmax()]
     keys = [*config_keys(df), "fraction", "epochs"]
     checkpoints = {(r.metrics or {}).get("trial_id"): r.checkpoint for r in results}

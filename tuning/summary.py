@@ -129,8 +129,8 @@ def choose_best(df: pd.DataFrame, config: list[str] | None = None) -> pd.DataFra
     mixes = df[df["method"] == "mixtraining"]
     mixes = mixes[confirm_roles(mixes) == ""]
     ran = mixes[~mixes["completion"]]  # a failed run counts as not completed
-    if not ran["completed"].any():
-        return ran.iloc[:0]
+    if not ran["completed"].any():  # nothing to choose from: no group, the same columns
+        return ran.iloc[:0].assign(mean_val=pd.Series(dtype=float), tried=pd.Series(dtype=int))
     group = comparison_keys(df, config)
     full = ran.groupby(group + config, dropna=False)["completed"].transform("all")
     some_full = full.groupby([ran[k].astype(str) for k in group]).transform("any") if group else full.any()
