@@ -160,3 +160,22 @@ def test_prune__reads_of_a_large_saved_state_are_spaced_by_their_own_cost(tmp_pa
         _save_state(exp, {"a": "RUNNING"}, session=f"2026-01-01_00-00-1{step}")
         prune.on_step_end(0, [])
     assert len(reads) == 1
+
+
+def test_tune_deleting_a_checkpoint_that_is_already_gone_is_not_an_error(tmp_path, monkeypatch):
+    """A saved state can name a checkpoint Tune deleted after the snapshot (driver killed in between)."""
+    import pyarrow.fs
+    import pytest
+    from ray.train._internal import checkpoint_manager
+
+    from tuning import ray_internals
+    monkeypatch.setattr(checkpoint_manager, "_delete_fs_path", checkpoint_manager._delete_fs_path)
+    fs = pyarrow.fs.LocalFileSystem()
+    with pytest.raises(FileNotFoundError):  # Tune's own
+        checkpoint_manager._delete_fs_path(fs=fs, fs_path=str(tmp_path / "checkpoint_000001"))
+    ray_internals.tolerate_deleted_checkpoints()
+    ray_internals.tolerate_deleted_checkpoints()  # once only, however often a driver restores
+    checkpoint_manager._delete_fs_path(fs=fs, fs_path=str(tmp_path / "checkpoint_000001"))
+    (tmp_path / "checkpoint_000002").mkdir()
+    checkpoint_manager._delete_fs_path(fs=fs, fs_path=str(tmp_path / "checkpoint_000002"))
+    assert not (tmp_path / "checkpoint_000002").exists()

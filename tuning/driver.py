@@ -215,6 +215,7 @@ def make_tuner(args, space: dict, base: dict, loaded: dict, settings: TrialSetti
     failures = tune.FailureConfig(max_failures=args.max_failures)
     ray_verbose = min(args.verbose, 1) * 2  # Ray's trial tables and results only when asked
     if restore:
+        ray_internals.tolerate_deleted_checkpoints()  # a saved state may name a checkpoint deleted after it
         tuner = tune.Tuner.restore(folder.uri, trainable=trainable, resume_unfinished=True, resume_errored=True)
         ray_internals.override_restored_run(tuner, callbacks, failures, ray_verbose, args.time_budget)
         ray_internals.restored_search_alg(tuner).resume_with(storage.absolute(args.storage_path), args.name,

@@ -5,9 +5,11 @@ Ray Tune (2.60) has no public way to do these; when Ray changes, this is the fil
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from ray.train._internal import checkpoint_manager
 from ray.train._internal.storage import get_fs_and_path
 from ray.tune.search import SearchGenerator
 
@@ -97,3 +99,24 @@ class ExperimentSearch(SearchGenerator):
             return
         move_experiment_spec(self._experiment.spec, **self.spec_now)
         self.searcher.max_concurrent = self.max_concurrent_now
+
+
+def tolerate_deleted_checkpoints() -> None:
+    """Make Tune's removal of a trial's surplus checkpoints (beyond `num_to_keep`) accept one already gone.
+
+    Tune deletes by the list in its saved experiment state: a driver killed after a deletion but before the
+    next snapshot leaves a state naming a deleted checkpoint, and on `--resume` that trial's next checkpoint
+    raised FileNotFoundError inside Tune, which then skipped the rest of the checkpoint's bookkeeping.
+    """
+    original = checkpoint_manager._delete_fs_path
+    if getattr(original, "tolerates_missing", False):
+        return
+
+    def delete(fs, fs_path):
+        try:
+            original(fs=fs, fs_path=fs_path)
+        except FileNotFoundError:
+            logging.getLogger(__name__).info("checkpoint %s was already removed", fs_path)
+
+    delete.tolerates_missing = True
+    checkpoint_manager._delete_fs_path = delete
