@@ -169,7 +169,8 @@ def test_tune_deleting_a_checkpoint_that_is_already_gone_is_not_an_error(tmp_pat
     from ray.train._internal import checkpoint_manager
 
     from tuning import ray_internals
-    monkeypatch.setattr(checkpoint_manager, "_delete_fs_path", checkpoint_manager._delete_fs_path)
+    tunes_own = getattr(checkpoint_manager._delete_fs_path, "__wrapped__", checkpoint_manager._delete_fs_path)
+    monkeypatch.setattr(checkpoint_manager, "_delete_fs_path", tunes_own)  # a driver restored earlier patched it
     fs = pyarrow.fs.LocalFileSystem()
     with pytest.raises(FileNotFoundError):  # Tune's own
         checkpoint_manager._delete_fs_path(fs=fs, fs_path=str(tmp_path / "checkpoint_000001"))

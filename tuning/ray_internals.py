@@ -5,6 +5,7 @@ Ray Tune (2.60) has no public way to do these; when Ray changes, this is the fil
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -112,6 +113,7 @@ def tolerate_deleted_checkpoints() -> None:
     if getattr(original, "tolerates_missing", False):
         return
 
+    @functools.wraps(original)
     def delete(fs, fs_path):
         try:
             original(fs=fs, fs_path=fs_path)
