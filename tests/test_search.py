@@ -6,12 +6,13 @@ import shutil
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.fs
 import pytest
 
-from tests_helpers import NO_GPU, TINY, kill_session, run_search_cli, trial_results
+from tests_helpers import NO_GPU, TINY, kill_session, run_search_cli, saved_checkpoint_epochs, trial_results
 from tuning import checkpoints, driver, experiment, flags, ray_internals, search
 from tuning.studies import pareto_mask
 
@@ -189,6 +190,7 @@ def test_search__resumes_after_the_driver_is_killed_at_a_new_location_without_re
     # The experiment is moved (say, to a bigger disk) and resumed there; its old copy must stay as it was.
     moved = tmp_path / "moved"
     shutil.copytree(exp, moved / name)
+    resume_from = saved_checkpoint_epochs(moved / name)  # what each trial continues from
     old = _tree(exp)
     argv = ["--resume", "--name", name, "--storage-path", str(moved), "--verbose", "0"]
     df = driver.run(search.build_parser().parse_args(argv), flags.given_flags(argv)).df
@@ -206,10 +208,21 @@ def test_search__resumes_after_the_driver_is_killed_at_a_new_location_without_re
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(runs) == 7 and sorted(r.data.tags["trial_id"] for r in children) == sorted(after)
     assert {r.info.status for r in runs} == {"FINISHED"}
-    for r in children:  # every epoch it trained in the trial's one run, also for trials running at the kill
-        res = after[r.data.tags["trial_id"]]
-        steps = {m.step for m in c.get_metric_history(r.info.run_id, "train_time_s")}
-        assert steps == set(range(res[0]["ssl_epochs_reused"] + 1, res[-1]["epoch"] + 1))
+    for r in children:
+        t = r.data.tags["trial_id"]
+        epochs, first = [row["epoch"] for row in after[t]], after[t][0]["ssl_epochs_reused"] + 1
+        # A trial running at the kill continued from the checkpoint the saved state names (from its start
+        # only without one): its epochs run first..k, then again from that checkpoint to its end.
+        redo = next((i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1]), len(epochs))
+        assert epochs[:redo] == list(range(first, first + redo)), (t, epochs)
+        if redo < len(epochs):
+            k = resume_from.get(t, 0)  # (without a checkpoint it may start from a longer SSL prefix now)
+            assert (epochs[redo] == k + 1) if k else (epochs[redo] >= first), (t, epochs, k)
+            assert epochs[redo:] == list(range(epochs[redo], epochs[-1] + 1)), (t, epochs)
+        # Every epoch it trained is in the trial's one run, at most as often as it was trained (an epoch
+        # redone after the kill may be there twice, or once where its first report died with the driver).
+        steps = Counter(m.step for m in c.get_metric_history(r.info.run_id, "train_time_s"))
+        assert set(steps) == set(epochs) and all(n <= epochs.count(e) for e, n in steps.items()), (t, steps, epochs)
 
 
 def test_search__ctrl_c_stops_with_a_resume_hint_and_resume_finishes(ray_cluster, tmp_path, processes):

@@ -5,6 +5,7 @@ import http.server
 import json
 import logging
 import math
+import os
 import pickle
 import shutil
 import threading
@@ -145,6 +146,49 @@ def test_tracking__a_replayed_start_never_turns_a_finished_run_back_to_running(t
     assert status() == "RUNNING"
     calls(end)  # its first end, replayed
     assert status() == "RUNNING"
+
+
+def test_tracking__a_trial_s_end_queued_before_a_snapshot_survives_a_driver_killed_after_it(tmp_path, monkeypatch):
+    """A trial the snapshot lists finished is never rerun on --resume: its end, still waiting in the driver's
+    memory when the driver was killed, must reach its run through the journal (seen in the resume test)."""
+    uri, c, parent = sqlite_parent(tmp_path, "snapshot")
+    gate, deliver = threading.Event(), MLflowCalls.__call__
+
+    def slow(self, op):  # MLflow answers, but slower than the driver dies: the trial's end waits in memory
+        if isinstance(op, SetTag) and op.key == "completed":
+            gate.wait(60)
+        if gate.is_set():
+            raise RuntimeError("the killed driver delivers nothing")  # (set aside in its own folder)
+        deliver(self, op)
+
+    monkeypatch.setattr(MLflowCalls, "__call__", slow)
+    folder = str(tmp_path / "experiment")
+    os.makedirs(folder)
+    killed = tracking.MLflowTracking(uri, "snapshot", parent, small_config().to_dict(), TrialSettings(), folder)
+    killed.setup()
+    trial = FakeTrial(tmp_path, "t1", {"method": "sl", "seed": 0, "fraction": 1.0})
+    killed.on_trial_start(0, [], trial)
+    for epoch in (1, 2):
+        killed.on_trial_result(0, [], trial, {"epoch": epoch, "phase": "sl", "val_acc": epoch / 4})
+    trial.last_result = {"completed": True}
+    killed.on_trial_complete(0, [], trial)
+    deadline = time.monotonic() + 30
+    while "t1" not in killed.runs and time.monotonic() < deadline:  # its run made, its end waiting
+        time.sleep(0.05)
+    state = pickle.loads(pickle.dumps(killed.get_state()))  # the snapshot; then the driver is killed
+    shutil.copytree(folder, tmp_path / "at_kill")
+    gate.set()
+    killed.delivery.finish(timeout=30)  # only stops its thread: the folder at the kill is what resumes
+    monkeypatch.setattr(MLflowCalls, "__call__", deliver)
+
+    resumed = tracking.MLflowTracking(uri, "snapshot", parent, small_config().to_dict(), TrialSettings(),
+                                      str(tmp_path / "at_kill"))
+    resumed.set_state(state)
+    resumed.setup()
+    assert resumed.delivery.finish(timeout=60) == 0
+    run = c.get_run(resumed.runs["t1"])
+    assert run.info.status == "FINISHED" and run.data.tags["completed"] == "true"
+    assert [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "val_acc")] == [(1, 0.25), (2, 0.5)]
 
 
 def test_tracking__calls_kept_while_mlflow_was_away_reach_the_run_the_next_driver_creates(tmp_path,

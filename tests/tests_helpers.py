@@ -9,6 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pyarrow.fs
+
 TINY = ["--dataset", "digits", "--model", "test", "--verbose", "0", "--cpus-per-trial", "1", "--confirm-seeds", "0"]
 REPO = Path(__file__).resolve().parent.parent  # where `python -m tuning...` finds the package
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # for processes that must not see a GPU, whatever the machine has
@@ -142,3 +144,18 @@ class MlflowServer:
                 os.killpg(server, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def saved_checkpoint_epochs(exp_dir: Path) -> dict[str, int]:
+    """Trial id -> the epoch of the checkpoint the newest saved experiment state resumes it from (0: none)."""
+    from ray.tune.experiment import Trial
+
+    from tuning import checkpoints
+    newest = checkpoints.newest_state_file(pyarrow.fs.LocalFileSystem(), str(exp_dir))
+    out = {}
+    for trial_json, run_metadata in json.loads(Path(newest.path).read_text())["trial_data"]:
+        trial = Trial.from_json_state(trial_json, stub=True)
+        trial.restore_run_metadata(run_metadata)
+        latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+        out[trial.trial_id] = int(latest.metrics["epoch"]) if latest is not None else 0
+    return out

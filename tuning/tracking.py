@@ -7,10 +7,10 @@ runs, it keeps that map in the experiment state and also finds a trial's run by 
 
 A tracking server that stops answering costs no trial: the callback never calls MLflow itself. It queues
 typed operations (`tuning.mlflow_calls`) in a `tuning.delivery.Delivery`, whose thread delivers them in
-order when MLflow answers. While it is away, and when the search ends, the operations still waiting are
-journaled in PENDING_DIR of the experiment folder, which the next driver of the experiment (`--resume`)
-delivers first; an operation that fails on its own (a moved checkpoint, a bad value) is set aside in
-DEAD_LETTERS_DIR, with its error, and retried once by that next driver.
+order when MLflow answers. While it is away, at each snapshot of the experiment and when the search ends,
+the operations still waiting are journaled in PENDING_DIR of the experiment folder, which the next driver
+of the experiment (`--resume`) delivers first; an operation that fails on its own (a moved checkpoint, a
+bad value) is set aside in DEAD_LETTERS_DIR, with its error, and retried once by that next driver.
 """
 from __future__ import annotations
 
@@ -186,8 +186,12 @@ class MLflowTracking(tune.Callback):
         return {**self.__dict__, "uri": redact(self.uri), "delivery": None, "_opened": set()}
 
     def get_state(self) -> dict:
-        # A trial whose run is not made yet is missing here: its OpenTrialRun still waits in the queue, which
-        # the journal keeps while MLflow is away and when the experiment ends.
+        """Called by each snapshot of the experiment (Tune's `save_to_dir`), before the snapshot is synced: the
+        operations still waiting go to the journal first, so a driver killed after the snapshot loses none of
+        them (a trial the snapshot lists finished is never run again, so nothing else would log its end)."""
+        if self.delivery is not None:
+            self.delivery.persist()
+        # A trial whose run is not made yet is missing here: its OpenTrialRun waits in that journal.
         return {"runs": dict(self.runs)}  # a copy taken at once (under the GIL) while the queue adds runs
 
     def set_state(self, state: dict) -> None:
