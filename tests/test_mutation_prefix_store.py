@@ -31,7 +31,8 @@ def test_prefix_key__is_a_sorted_json_digest_of_the_ssl_fields_the_optimiser_and
 
 def test_decode__a_blob_without_the_header_is_refused_as_such_whatever_its_length():
     whole = encode(state(1))
-    for blob in (b"", MAGIC[:-1], b"x" * len(whole)):
+    empty = MAGIC + hashlib.sha256(b"").digest()  # a header whose checksum is right, over nothing
+    for blob in (b"", MAGIC[:-1], b"x" * len(whole), empty):
         with pytest.raises(ValueError, match="not a prefix file"):
             decode(blob, torch.device("cpu"))
 
@@ -147,9 +148,10 @@ def test_prefix_store__a_vanished_or_corrupt_prefix_is_logged_with_its_path_and_
                        "the trial trains those epochs itself")
 
 
-def test_prefix_store__only_epoch_files_count_as_prefixes(tmp_path):
+def test_prefix_store__only_epoch_files_count_as_prefixes_whatever_their_number_of_digits(tmp_path):
     store = PrefixStore(str(tmp_path))
-    store.save("k", 12, state(12))
+    for e in (12, 123_456):
+        store.save("k", e, state(e))
     for name in ("epoch_00007.tmp", "notes.pt", ".tmp-epoch_00003.pt"):
         (tmp_path / "k" / name).write_bytes(b"x")
-    assert store.epochs("k") == [12]
+    assert store.epochs("k") == [12, 123_456]

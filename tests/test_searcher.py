@@ -108,6 +108,24 @@ def test_searcher__holds_back_a_trial_whose_prefix_a_running_trial_is_computing(
     assert waiting and all(s._ready(c) for c in waiting)
 
 
+def test_searcher__a_trial_that_needs_more_waits_for_the_shorter_prefix_a_running_trial_is_computing():
+    """As in the confirmation runs: SSL+SL (4 SSL-only epochs) queued behind the chosen configuration (fewer)
+    on the same seed continues from that configuration's prefix instead of training it again beside it."""
+    s = ExperimentSearcher(get_space("paper"), fractions=[1.0], seeds=1, budgets=[4], epoch_scale=0.04,
+                           num_samples=1, inner=None, metric="val_acc", mode="max", share_ssl=True, baselines=False)
+    four = sorted((c for c in s.queue if c["e_ssl"] == 4), key=lambda c: -c["rho"])  # rho 1 needs none, 0.75 one
+    s.queue = four + [c for c in s.queue if c["e_ssl"] != 4]
+    while s.queue[0]["rho"] == 1.0:
+        s.suggest(f"r{len(s.queue)}")
+    short = s.suggest("short")
+    longer = [c for c in s.queue if c["e_ssl"] == 4 and c["rho"] < 0.75]  # need 2 or 3 SSL-only epochs
+    assert (short["e_ssl"], short["rho"]) == (4, 0.75) and longer
+    assert not any(s._ready(c) for c in longer)
+    assert all(s._ready(c) for c in s.queue if c["e_ssl"] != 4)  # other keys take the free slots meanwhile
+    s.on_trial_result("short", {"phase": "ssl", "epoch": 1})  # its one SSL-only epoch is stored
+    assert all(s._ready(c) for c in longer)
+
+
 def test_searcher__optuna_proposals_also_wait_for_a_prefix_being_computed():
     class Inner(Searcher):
         def suggest(self, trial_id):

@@ -55,7 +55,7 @@ def encode(state: dict) -> bytes:
 def decode(blob: bytes, device: torch.device) -> dict:
     """The state in a stored file; ValueError when the file is not whole."""
     head = len(MAGIC) + 32
-    if len(blob) < head or not blob.startswith(MAGIC):
+    if len(blob) <= head or not blob.startswith(MAGIC):  # an empty payload is no state either
         raise ValueError("not a prefix file (no header)")
     if hashlib.sha256(blob[head:]).digest() != blob[len(MAGIC):head]:
         raise ValueError(f"checksum mismatch ({len(blob)} bytes: torn or truncated)")

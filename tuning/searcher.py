@@ -126,9 +126,12 @@ class ExperimentSearcher(Searcher):
         return (cfg["fraction"], cfg["seed"], p.ssl + p.mix), p.ssl
 
     def _ready(self, cfg: dict[str, Any]) -> bool:
+        """False while a running trial of the same SSL key is computing SSL-only epochs this trial would use:
+        all it needs (the running trial plans as many or more), or a shorter prefix it then continues from
+        (the running trial stores its last SSL-only epoch). Other queued trials take the free slots meanwhile."""
         key, need = self._ssl_need(cfg)
         return not (self.share_ssl and need and any(
-            done < need <= planned for done, planned in self.ssl_running.get(key, {}).values()))
+            done < min(need, planned) for done, planned in self.ssl_running.get(key, {}).values()))
 
     def _started(self, trial_id: str, cfg: dict[str, Any]) -> dict[str, Any]:
         key, need = self._ssl_need(cfg)
