@@ -2,7 +2,6 @@
 there costs the measurement. Here it runs on the CPU with the `test` model."""
 import importlib
 import json
-import math
 from pathlib import Path
 
 import pytest

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from tests_helpers import NO_GPU, TINY, free_port, kill_session, trial_results
-from tuning import cluster, search
+from tuning import cluster
 from tuning.cluster import AUTOSCALE, FITS, IMPOSSIBLE, WAIT
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,9 +52,19 @@ def test_cluster_yaml__cpu_head_runs_no_trials_and_gpu_workers_autoscale_on_spot
     worker = nodes["gpu_worker"]
     assert worker["min_workers"] == 0 and worker["max_workers"] >= 1
     assert worker["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    # Every node runs one Ray, a version the project accepts (pyproject.toml), a CPU image on the head and a
+    # GPU one on the workers. (Not necessarily the Ray installed here: pyproject allows any newer one.)
+    import tomllib
+
+    from packaging.requirements import Requirement
     docker = cluster_yaml["docker"]
-    assert docker["worker_image"] == f"rayproject/ray:{ray.__version__}-py311-gpu"
-    assert docker["head_image"].startswith(f"rayproject/ray:{ray.__version__}-")
+    images = [re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py311-(cpu|gpu)", docker[k]) for k in
+              ("head_image", "worker_image")]
+    assert all(images) and [m.group(2) for m in images] == ["cpu", "gpu"], docker
+    assert images[0].group(1) == images[1].group(1)
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    required = next(Requirement(d) for d in deps if Requirement(d).name == "ray")
+    assert required.specifier.contains(images[0].group(1)), (required, images[0].group(1))
 
 
 def test_cluster_yaml__only_ssh_is_open_and_servers_bind_to_loopback(cluster_yaml):

@@ -253,6 +253,24 @@ def test_engine__deterministic_on_the_cpu_gives_the_same_run(digits_data):
         assert torch.equal(v, deterministic.model.state_dict()[k]), k
 
 
+def test_set_cuda_numerics__deterministic_turns_on_pytorch_s_deterministic_kernels_and_cublas_condition(monkeypatch):
+    """What --deterministic does on CUDA (engines call it there only): tested here as a function on any machine."""
+    from trainable.engine import _set_cuda_numerics
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = _process_numerics()
+    try:
+        _set_cuda_numerics(True)
+        deterministic = _process_numerics()
+        _set_cuda_numerics(False)
+        plain = _process_numerics()
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.set_float32_matmul_precision(before[2])
+        torch.backends.cudnn.benchmark = before[3]
+    assert deterministic == (True, ":4096:8", "high", False)
+    assert plain[0] is False and plain[2] == "high"  # the next trial on a reused actor may be plain
+
+
 @pytest.mark.slow  # torch.compile takes minutes on a CPU
 def test_engine__bf16_autocast_and_compile_the_cuda_defaults_train_and_resume_exactly_on_the_cpu(digits_data,
                                                                                                    monkeypatch):

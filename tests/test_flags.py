@@ -1,6 +1,7 @@
 """Every numeric and path-like flag of the three commands is checked before anything starts: one line naming
 the flag and the accepted range, exit code 2, no traceback."""
 import math
+import os
 
 import pytest
 
@@ -124,3 +125,13 @@ def test_roles__a_flag_declared_without_one_fails_when_the_parser_is_built(monke
     monkeypatch.setattr(flags, "_tracking_args", with_a_new_flag)
     with pytest.raises(TypeError, match="flag --new-knob has no role"):
         flags.build_parser()
+
+
+def test_configure_environment__mlflow_fails_fast_unless_the_user_chose_otherwise(monkeypatch):
+    """The delivery queue retries by itself: MLflow's client must not retry and wait minutes per call first."""
+    from tuning import tracking
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # the user's own choice stays
+    search.configure_environment()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0" == tracking.HTTP_ENV["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7" and tracking.HTTP_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"

@@ -172,6 +172,32 @@ def test_serve__stops_copying_but_keeps_the_server_running_when_another_head_wro
     assert _rows(bucket) == ["a", "b"]
 
 
+def test_supervisor__copies_a_changed_database_at_most_once_per_interval_and_an_unchanged_one_never(
+        tmp_path, monkeypatch):
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"v1")
+    copies, now = [], [1000.0]
+    monkeypatch.setattr(mlflow_store, "backup", lambda src, dest: copies.append((now[0], Path(src).read_bytes())))
+    monkeypatch.setattr(mlflow_store.time, "time", lambda: now[0])
+    sup = Supervisor(argparse.Namespace(db=str(db), backup=str(tmp_path / "copy.db"), interval=15.0),
+                     Restarts(), lambda: None)
+
+    def change(data: bytes) -> None:
+        db.write_bytes(data)
+        os.utime(db, ns=(int(now[0] * 1e9),) * 2)  # each write a new modification time
+
+    sup._maybe_backup()  # a database never copied: now
+    change(b"v2")
+    for t in (1005.0, 1014.9):  # changed, but within 15 s of the last copy
+        now[0] = t
+        sup._maybe_backup()
+    now[0] = 1015.0
+    sup._maybe_backup()
+    now[0] = 1100.0  # unchanged since: never copied again
+    sup._maybe_backup()
+    assert copies == [(1000.0, b"v1"), (1015.0, b"v2")]
+
+
 @pytest.mark.parametrize("lives, delays", [
     ([1, 1, 1, 1, 1], [1, 2, 4, 5, None]),  # doubled, capped, then given up
     ([1, 1, 100, 1], [1, 2, 0, 1]),  # a server that ran a while is started again at once, and the count restarts

@@ -86,17 +86,21 @@ def test_write_durably__concurrent_writers_and_a_reader_only_ever_see_whole_file
     storage.write_durably(path, bytes([1]) * 3_000_000)
     ctx = mp.get_context("spawn")
     writers = [ctx.Process(target=write_loop, args=(path, v, 15)) for v in (2, 3)]
-    for w in writers:
-        w.start()
     seen = set()
-    while any(w.is_alive() for w in writers):
-        with open(path, "rb") as f:
-            data = f.read()
-        assert len(data) == 3_000_000 and data.count(data[:1]) == len(data), "a torn or partial file was read"
-        seen.add(data[0])
-    for w in writers:
-        w.join(timeout=120)
-        assert w.exitcode == 0
+    try:
+        for w in writers:
+            w.start()
+        while any(w.is_alive() for w in writers):
+            with open(path, "rb") as f:
+                data = f.read()
+            assert len(data) == 3_000_000 and data.count(data[:1]) == len(data), "a torn or partial file was read"
+            seen.add(data[0])
+        for w in writers:
+            w.join(timeout=120)
+            assert w.exitcode == 0
+    finally:
+        for w in writers:  # whatever failed, no writer outlives the test
+            w.kill()
     assert seen & {2, 3}, "the reader never saw a writer's file: the test proved nothing"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
@@ -114,16 +118,20 @@ def test_prefix_store__concurrent_save_evict_and_load_never_fail(tmp_path):
     failures = ctx.Queue()
     savers = [ctx.Process(target=save_evict_loop, args=(str(tmp_path), 40)) for _ in range(2)]
     loaders = [ctx.Process(target=load_loop, args=(str(tmp_path), 200, failures)) for _ in range(2)]
-    for p in savers + loaders:
-        p.start()
     store, loaded = PrefixStore(str(tmp_path)), set()
-    while any(p.is_alive() for p in savers):  # this process loads too, for as long as the savers run
-        s = _load_checked(store)
-        if s is not None:
-            loaded.add(s["epoch"])
-    for p in savers + loaders:
-        p.join(timeout=240)
-        assert p.exitcode == 0
+    try:
+        for p in savers + loaders:
+            p.start()
+        while any(p.is_alive() for p in savers):  # this process loads too, for as long as the savers run
+            s = _load_checked(store)
+            if s is not None:
+                loaded.add(s["epoch"])
+        for p in savers + loaders:
+            p.join(timeout=240)
+            assert p.exitcode == 0
+    finally:
+        for p in savers + loaders:  # whatever failed, no worker outlives the test
+            p.kill()
     errors = []
     while not failures.empty():
         errors.append(failures.get())

@@ -12,7 +12,9 @@ from pathlib import Path
 import pyarrow.fs
 import pytest
 
-from tests_helpers import NO_GPU, TINY, kill_session, run_search_cli, saved_checkpoint_epochs, trial_results
+from tests_helpers import (NO_GPU, TINY, free_port, kill_session, run_search_cli, saved_checkpoint_epochs,
+                           trial_results)
+from trainable import storage
 from tuning import checkpoints, driver, experiment, flags, ray_internals, search
 from tuning.studies import pareto_mask
 
@@ -91,9 +93,22 @@ def test_search__tracked_in_the_default_embedded_store_with_the_table_saved(asha
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
-def test_search__resuming_a_finished_search_reruns_nothing_and_reports_the_same(asha_search):
+def test_search__resuming_a_finished_search_reruns_nothing_and_reports_the_same(asha_search, monkeypatch):
     df, out, tmp = asha_search
     before = {t: len(rs) for t, rs in trial_results(tmp / "asha").items()}
+    # A call the last driver could not deliver (MLflow was away at its end) waits in the experiment's journal:
+    # `search --resume` delivers it first.
+    from mlflow import MlflowClient
+
+    from tuning import delivery, tracking
+    from tuning.mlflow_calls import SetTag
+    monkeypatch.setattr(delivery, "RETRY_S", 0.1)
+    monkeypatch.setattr(delivery, "DOWN_WAIT_S", 0.5)
+    parent = (tmp / "asha" / driver.PARENT_FILE).read_text().strip()
+    away = tracking.new_delivery(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    away.load(storage.Folder(str(tmp / "asha")))
+    away.put(SetTag(run=parent, key="left_behind", value="delivered on resume"))
+    assert away.finish(timeout=60) == 1 and (tmp / "asha" / tracking.PENDING_DIR).exists()
     args = search.build_parser().parse_args(["--resume", "--name", "asha", "--storage-path", str(tmp), "--verbose",
                                              "0"])
     cwd = os.getcwd()
@@ -104,6 +119,8 @@ def test_search__resuming_a_finished_search_reruns_nothing_and_reports_the_same(
         os.chdir(cwd)
     assert {t: len(rs) for t, rs in trial_results(tmp / "asha").items()} == before
     assert search.render(outcome).split("table saved")[0] == out.split("table saved")[0]
+    assert MlflowClient(f"sqlite:///{tmp}/mlflow.db").get_run(parent).data.tags["left_behind"] == "delivered on resume"
+    assert not (tmp / "asha" / tracking.PENDING_DIR).exists()
 
 
 def test_search__grid_over_paper_space_runs_each_combination_once_plus_baselines(ray_cluster, tmp_path):
@@ -161,6 +178,19 @@ def test_search__trials_take_datasets_from_the_object_store_not_from_data_dir(ra
 
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).digest() for p in root.rglob("*") if p.is_file()}
+
+
+def test_start_ray__starts_a_fresh_local_instance_unless_given_an_address(monkeypatch):
+    """address=None would join any Ray left running on the machine (another user's, a crashed search's)."""
+    import argparse
+    calls = []
+    monkeypatch.setattr(driver.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(driver.ray, "init", lambda **kw: calls.append(kw))
+    for address in (None, "10.0.0.1:6379"):
+        driver.start_ray(argparse.Namespace(address=address, verbose=0))
+    assert [c["address"] for c in calls] == ["local", "10.0.0.1:6379"]
+    assert driver.REPO in calls[0]["runtime_env"]["env_vars"]["PYTHONPATH"].split(os.pathsep)  # this checkout
+    assert calls[1]["runtime_env"] is None  # a cluster's nodes have their own install
 
 
 def test_search__resumes_after_the_driver_is_killed_at_a_new_location_without_rerunning_or_duplicating(
@@ -341,7 +371,6 @@ def test_search__resume_and_name_errors_exit_2_with_a_message(tmp_path, capsys, 
     if setup == "snapshotted":
         _snapshot(tmp_path, "exists")
     if setup == "locked":
-        from trainable import storage
         held = storage.DriverLock(storage.Folder(str(tmp_path / "exists"))).acquire()
     rc = search.main([*TINY, "--space", "smoke", "--storage-path", str(tmp_path), *argv])
     if setup == "locked":
@@ -367,7 +396,6 @@ def test_search__resume_takes_the_flags_that_may_change_and_refuses_the_others(t
 
 
 def test_search__an_experiment_stopped_before_its_first_snapshot_is_started_afresh(tmp_path):
-    from trainable import storage
     _saved_experiment(tmp_path, "early", "--no-mlflow")
     (tmp_path / "early" / "tuner.pkl").write_bytes(b"junk")
     (tmp_path / "early" / "MixTrainable_abc").mkdir()
@@ -445,10 +473,12 @@ def test_search__warm_start_from_a_search_on_other_data_is_refused(tmp_path, cap
     _saved_experiment(tmp_path, "old")
     _snapshot(tmp_path, "old")
     rc = search.main([*TINY, "--space", "smoke", "--storage-path", str(tmp_path), "--name", "new", "--dataset",
-                      "mnist", "--warm-start", "old", "--no-mlflow"])
+                      "mnist", "--seeds", "3", "--epoch-scale", "0.5", "--warm-start", "old", "--no-mlflow"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "--warm-start old: that search ran on other data, model or budget: --dataset mnist (it ran digits)" in err
+    assert "--warm-start old: that search ran on other data, model or budget: " in err
+    for differs in ("--dataset mnist (it ran digits)", "--seeds 3 (it ran 1)", "--epoch-scale 0.5 (it ran 1.0)"):
+        assert differs in err  # every flag that differs, not only the first
 
 
 def test_search__tune_may_keep_as_many_trials_pending_as_there_are_slots(ray_cluster, monkeypatch):
@@ -547,8 +577,15 @@ def test_search__a_space_over_mask_ratio_runs_each_value_and_reports_each_confir
     space = tmp_path / "mask.yaml"
     space.write_text("mask_ratio: [0.5, 0.9]\nalpha: 0.5\nrho: 0.5\nepochs: 2\n")
     df, out = run_search_cli(tmp_path, "--space", str(space), "--name", "mask", "--search", "random",
-                             "--num-samples", "2", "--scheduler", "fifo", "--no-mlflow", "--confirm-seeds", "1")
+                             "--num-samples", "2", "--scheduler", "fifo", "--no-mlflow", "--confirm-seeds", "1",
+                             "--keep-checkpoints")
     search_runs, confirm = df[df["confirm"] == ""], df[df["confirm"] != ""]
+    # --keep-checkpoints: every trial keeps what Tune kept, its two newest (one checkpoint per epoch trained).
+    trials = list((tmp_path / "mask").glob("MixTrainable_*"))
+    assert len(trials) == len(df)
+    for trial in trials:
+        trained = len((trial / "result.json").read_text().splitlines())
+        assert len(list(trial.glob("checkpoint_*"))) == min(2, trained), trial.name
     mix = search_runs[search_runs["method"] == "mixtraining"]
     assert sorted(mix["mask_ratio"]) == [0.5, 0.9] and mix["completed"].all()  # both ran, neither answered
     assert (df.loc[df["method"] != "mixtraining", "mask_ratio"] == 0.75).all()  # baselines at the default

@@ -350,6 +350,30 @@ def test_registry__a_new_proposal_algorithm_is_one_function_and_one_entry(monkey
     assert made == [(["alpha", "epochs", "rho"], 7), (["alpha", "epochs", "rho"], 8)] and set(s.inner) == {0.5, 1.0}
 
 
+def test_make_searcher__optuna_starts_from_an_earlier_search_s_configurations_and_their_mean_results():
+    """--warm-start: each finished configuration once, in the space's own (unscaled) epochs, told its mean
+    validation accuracy over seeds; failed trials and other fractions are not among them."""
+    import pandas as pd
+
+    from search_spaces import load
+    from tuning import search, searchers
+    parser = search.build_parser()
+    args = parser.parse_args(["--space", "smoke", "--epoch-scale", "0.5", "--search", "optuna"])
+    search.validate(args, parser)
+    history = pd.DataFrame([
+        dict(group="g1", method="mixtraining", fraction=1.0, alpha=0.1, rho=0.5, epochs=1, seed=0, val_acc=0.5),
+        dict(group="g1", method="mixtraining", fraction=1.0, alpha=0.1, rho=0.5, epochs=1, seed=1, val_acc=0.7),
+        dict(group="g2", method="mixtraining", fraction=1.0, alpha=0.9, rho=1.0, epochs=1, seed=0, val_acc=0.4),
+        dict(group="g3", method="mixtraining", fraction=1.0, alpha=0.9, rho=0.5, epochs=1, seed=0, val_acc=0.9,
+             error="failed"),
+        dict(group="g4", method="mixtraining", fraction=0.5, alpha=0.1, rho=1.0, epochs=1, seed=0, val_acc=0.8),
+        dict(group=None, method="sl", fraction=1.0, alpha=0.5, rho=0.5, epochs=1, seed=0, val_acc=0.6),
+    ]).assign(error=lambda d: d.get("error"), completion=False, completed=True, e_ssl=1, lam=0.5)
+    inner = searchers.make_searcher(args, load("smoke"), history).inner[1.0]
+    assert inner._points_to_evaluate == [{"alpha": 0.1, "rho": 0.5, "epochs": 2}, {"alpha": 0.9, "rho": 1.0, "epochs": 2}]
+    assert inner._evaluated_rewards == pytest.approx([0.6, 0.4])
+
+
 def test_make_searcher__optuna_gets_a_resolved_space_and_warns_of_nothing(caplog):
     from search_spaces import load
     from tuning import search, searchers

@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -126,6 +127,38 @@ def test_driver_lock__a_holder_whose_record_another_driver_overwrote_stops_at_it
     finally:
         lock.release()
     assert lock.holder()["token"] == "racer"  # a driver that lost the lock leaves it to the winner
+
+
+def test_driver_lock__a_live_holder_s_heartbeat_keeps_it_held_long_past_the_stale_time(tmp_path):
+    folder = storage.Folder(str(tmp_path / "exp"))
+    with QuickLock(folder) as lock:
+        time.sleep(6 * QuickLock.STALE_S)
+        assert time.time() - lock.holder()["heartbeat"] < QuickLock.STALE_S  # refreshed all along
+        with pytest.raises(storage.LockHeld):
+            QuickLock(folder).acquire()
+
+
+HOLD = """
+import sys, time
+from concurrency_workers import QuickLock
+from trainable import storage
+lock = QuickLock(storage.Folder(sys.argv[1]), on_lost=storage.exit_on_lost).acquire()
+print(lock.generation, flush=True)
+time.sleep(120)
+"""
+
+
+def test_driver_lock__a_driver_that_lost_its_lock_exits_at_once_with_code_75(tmp_path):
+    folder = storage.Folder(str(tmp_path / "exp"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    driver = subprocess.Popen([sys.executable, "-c", HOLD, folder.uri], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        generation = int(driver.stdout.readline())
+        _lock_file(folder, generation, token="racer")  # another driver's write of its generation landed last
+        assert driver.wait(timeout=60) == storage.LOST_EXIT_CODE == 75
+    finally:
+        driver.kill()
+    assert QuickLock(folder).holder()["token"] == "racer"  # it wrote nothing more
 
 
 ROUNDS, RACERS = 24, 3

@@ -227,6 +227,17 @@ def test_tracking__the_registered_best_model_loads_and_reproduces_its_test_accur
     best = df[(df["method"] == "mixtraining") & (df["seed"] == config["seed"]) & (df["alpha"] == config["alpha"])
               & (df["rho"] == config["rho"])]
     assert len(best) == 1 and acc == pytest.approx(best["test_acc"].iloc[0], abs=1e-9)
+    # Its signature says what it takes and gives (images in [0, 1] of the model's size -> one logit per class),
+    # and its input example is one such batch, which the model serves.
+    info = mlflow.models.get_model_info("models:/tracked-best/1")
+    (given,), (out,) = info.signature.inputs.inputs, info.signature.outputs.inputs
+    assert given.shape == (-1, 3, model.image_size, model.image_size) and str(given.type) == "float32"
+    assert out.shape == (-1, 10)
+    example = mlflow.models.Model.load("models:/tracked-best/1").load_input_example(
+        mlflow.artifacts.download_artifacts("models:/tracked-best/1"))
+    assert example.shape[1:] == given.shape[1:] and 0 <= example.min() and example.max() <= 1
+    with torch.no_grad():
+        assert model(torch.from_numpy(example)).shape == (len(example), 10)
 
 
 def test_tracking__parameter_studies_on_the_parent_have_a_point_per_value_tried(tracked_search):
