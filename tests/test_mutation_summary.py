@@ -222,3 +222,32 @@ def test_format_paired__names_both_methods_the_compute_and_the_mark():
     assert first.startswith("MixTraining - SL (fraction 1, epochs 10): -20.75 points at 1.00x the compute, 95% CI [")
     assert first.endswith(", n=4 *")
     assert footnote.startswith("* holds at 5% family-wise over the 1 tested comparison(s) above")
+
+
+def test_format_paired__the_interval_in_points_as_a_t_interval_gives_it_and_no_mark_when_it_holds_nothing():
+    # Hand counts: differences -20, -21, -22, -20 points: mean -20.75, SD 0.957, t(3, 0.975) = 3.182 -> +-1.52;
+    # +10 and -12: mean -1, SD 15.56, t(1, 0.975) = 12.71 -> +-139.77.
+    text = format_paired(paired_stats(baselines_and_mix([-0.20, -0.21, -0.22, -0.20])))
+    assert "95% CI [-22.27, -19.23], Holm p=2.7e-05, n=4 *" in text.splitlines()[0]
+    wide = format_paired(paired_stats(baselines_and_mix([0.10, -0.12]))).splitlines()[0]
+    assert wide.endswith("-1.00 points at 1.00x the compute, 95% CI [-140.77, +138.77], Holm p=0.942, n=2")
+
+
+def test_format_paired__names_mixtraining_when_the_rows_have_no_method_and_leaves_out_an_unknown_compute():
+    paired = paired_stats(baselines_and_mix([-0.20, -0.21, -0.22, -0.20])).drop(columns="method")
+    paired["compute_ratio"] = math.nan  # runs without a compute figure
+    first = format_paired(paired).splitlines()[0]
+    assert first.startswith("MixTraining - SL (fraction 1, epochs 10): -20.75 points, 95% CI [")
+
+
+def test_format_paired_and_table__say_when_there_is_nothing_to_show():
+    assert format_paired(pd.DataFrame()) == "(no MixTraining run shares seeds with a baseline: no paired comparison)"
+    assert format_table(pd.DataFrame()) == "(no finished trials to compare)"
+
+
+def test_format_table__shows_the_configuration_columns_the_table_names():
+    df = frame(row("sl", 0, 0.5, 0.5), row("mixtraining", 0, 0.8, 0.7))
+    table = comparison_table(df)
+    table.attrs["config_keys"] = ["rho"]
+    header, _, sl, mix = format_table(table).splitlines()
+    assert header.endswith("| configs tried | rho |") and mix.endswith("| 1 | 0.5 |") and sl.endswith("|  |  |")
