@@ -104,6 +104,8 @@ def test_search__resuming_a_finished_search_reruns_nothing_and_reports_the_same(
     from tuning.mlflow_calls import SetTag
     monkeypatch.setattr(delivery, "RETRY_S", 0.1)
     monkeypatch.setattr(delivery, "DOWN_WAIT_S", 0.5)
+    for key, value in tracking.HTTP_ENV.items():  # as the command sets them: no minute of MLflow's own retries
+        monkeypatch.setenv(key, value)
     parent = (tmp / "asha" / driver.PARENT_FILE).read_text().strip()
     away = tracking.new_delivery(f"http://127.0.0.1:{free_port()}")  # nothing listens there
     away.load(storage.Folder(str(tmp / "asha")))
