@@ -6,8 +6,9 @@ import math
 import pandas as pd
 import pytest
 
-from tuning.summary import (SEARCHABLE, choose_best, comparison_rows, comparison_table, config_keys, format_paired,
-                            format_table, format_value, holm, paired_stats, trial_row)
+from tuning.summary import (SEARCHABLE, choose_best, comparison_keys, comparison_rows, comparison_table, config_keys,
+                            confirm_roles, format_paired, format_table, format_value, holm, paired_difference,
+                            paired_stats, trial_row)
 
 
 def row(method, seed, val, test, completed=True, error=None, confirm="", tflop=1.0, time=10.0, **fields):
@@ -80,6 +81,22 @@ def test_config_keys__the_searchs_own_list_wins_and_rows_without_a_method_have_o
     assert config_keys(pd.DataFrame({"mask_ratio": [0.5, 0.75]})) == ["alpha", "rho", "lam"]
 
 
+def test_config_keys__a_field_that_differs_only_between_searches_or_budgets_is_not_a_configuration_key():
+    two_searches = frame(*[row("mixtraining", 0, 0.5, 0.5, mask_ratio=m) for m in (0.5, 0.75)])
+    assert config_keys(two_searches.assign(search=["a", "b"])) == ["alpha", "rho", "lam"]
+    two_budgets = frame(*[row("mixtraining", 0, 0.5, 0.5, mask_ratio=m, e_sl=e) for m, e in ((0.5, 10), (0.75, 20))])
+    assert config_keys(two_budgets) == ["alpha", "rho", "lam"]
+    # rows with none of search, fraction and epochs: one part, all of it
+    bare = pd.DataFrame({"method": ["mixtraining"] * 2, "mask_ratio": [0.5, 0.75]})
+    assert config_keys(bare) == ["alpha", "rho", "lam", "mask_ratio"]
+
+
+def test_comparison_keys__of_rows_alone_leave_out_what_the_rows_vary():
+    df = frame(*[row("mixtraining", 0, 0.5, 0.5, batch_size=b) for b in (64, 128)])
+    assert "batch_size" not in comparison_keys(df) and "datasets" in comparison_keys(df)
+    assert "batch_size" in comparison_keys(df, ["alpha"])
+
+
 # --- choose_best ----------------------------------------------------------------------------------------------
 
 def test_choose_best__a_default_none_value_is_a_configuration_like_any_other():
@@ -87,6 +104,13 @@ def test_choose_best__a_default_none_value_is_a_configuration_like_any_other():
     best = choose_best(df, ["alpha", "rho", "lam", "ssl_beta2"])
     assert len(best) == 1 and pd.isna(best.iloc[0]["ssl_beta2"]) and best.iloc[0]["mean_val"] == 0.9
     assert best.iloc[0]["tried"] == 2
+    # Without the search's list, the rows tell it too: None and a value are two values, the chosen None's runs
+    # are MixTraining's row (pandas 3's astype(str) kept None missing: one value, and no run matched the choice).
+    df = frame(row("sl", 0, 0.5, 0.5), row("sl", 1, 0.5, 0.5), *[row("mixtraining", s, 0.9, 0.6, ssl_beta2=None)
+               for s in (0, 1)], *[row("mixtraining", s, 0.7, 0.9, ssl_beta2=0.95) for s in (0, 1)])
+    assert config_keys(df) == ["alpha", "rho", "lam", "ssl_beta2"]
+    ((_, runs),) = comparison_rows(df)
+    assert list(runs["mixtraining"]["test_acc"]) == [0.6, 0.6] and runs["mixtraining"]["ssl_beta2"].isna().all()
 
 
 def test_choose_best__stopped_seeds_never_count_in_a_mean():
@@ -116,6 +140,42 @@ def test_choose_best__rows_without_a_confirm_column_or_with_gaps_in_it_are_the_s
     df = frame(row("mixtraining", 0, 0.9, 0.5))
     assert len(choose_best(df.drop(columns="confirm"))) == 1
     assert len(choose_best(df.assign(confirm=None))) == 1
+
+
+def test_choose_best__nothing_to_choose_is_an_empty_frame_with_the_answers_typed_columns():
+    best = choose_best(frame(row("mixtraining", 0, 0.7, 0.5, completed=False)))
+    assert best.empty and str(best["mean_val"].dtype) == "float64" and str(best["tried"].dtype) == "int64"
+
+
+def test_choose_best__each_group_ranks_its_own_configurations_on_equal_footing():
+    # fraction 1: alpha 0.1 completed both seeds, alpha 0.9 only seed 0 (its seed 1 stopped): 0.1 is chosen.
+    # fraction 0.5: neither completed every seed: ranked on what completed, 0.9 is chosen there.
+    full = [row("mixtraining", s, 0.6, 0.5, alpha=0.1) for s in (0, 1)] + \
+        [row("mixtraining", 0, 0.95, 0.5, alpha=0.9), row("mixtraining", 1, 0.2, 0.5, alpha=0.9, completed=False)]
+    part = [row("mixtraining", 0, 0.5, 0.5, alpha=0.1, fraction=0.5),
+            row("mixtraining", 1, 0.1, 0.5, alpha=0.1, fraction=0.5, completed=False),
+            row("mixtraining", 0, 0.7, 0.5, alpha=0.9, fraction=0.5),
+            row("mixtraining", 1, 0.1, 0.5, alpha=0.9, fraction=0.5, completed=False)]
+    best = choose_best(frame(*full, *part)).set_index("fraction")
+    assert (best.loc[1.0, "alpha"], best.loc[1.0, "mean_val"]) == (0.1, pytest.approx(0.6))
+    assert (best.loc[0.5, "alpha"], best.loc[0.5, "mean_val"]) == (0.9, pytest.approx(0.7))
+    assert list(best["tried"]) == [2, 2]
+
+
+def test_choose_best__a_configuration_without_validation_ranks_below_a_measured_one():
+    df = frame(row("mixtraining", 0, None, 0.9, alpha=0.1), row("mixtraining", 0, 0.3, 0.5, alpha=0.9))
+    assert choose_best(df).iloc[0]["alpha"] == 0.9
+
+
+def test_choose_best_and_comparison_rows__a_missing_comparison_value_is_a_group_of_its_own():
+    # rows rebuilt from elsewhere may lack a value (NaN): such runs are never dropped, nor pooled with the others
+    runs = [row(m, 0, 0.8, 0.6, val_frac=v) for m in ("sl", "mixtraining") for v in (0.2, 0.1)]
+    df = frame(*runs)
+    df.loc[df["val_frac"] == 0.2, "val_frac"] = math.nan
+    best = choose_best(df)
+    assert len(best) == 2 and list(best["tried"]) == [1, 1]
+    assert [sorted(runs) for _, runs in comparison_rows(df)] == [["mixtraining", "sl"]] * 2
+    assert format_table(comparison_table(df)).splitlines()[0].startswith("| fraction | val_frac | epochs |")
 
 
 # --- confirmation runs -------------------------------------------------------------------------------------------
@@ -156,6 +216,38 @@ def test_paired_stats__with_confirmation_every_pair_and_its_compute_ratio():
     assert paired.loc[("mixtraining", "default"), "mean_diff"] == pytest.approx(((0.9 - 0.75) + (0.92 - 0.76)) / 2)
 
 
+def test_comparison_rows__a_field_searched_at_one_fraction_tells_configurations_apart_at_every_fraction():
+    # mask_ratio varies among the MixTraining runs at fraction 1 only: a configuration key for every group
+    df = frame(row("sl", 0, 0.5, 0.5), row("mixtraining", 0, 0.9, 0.7, mask_ratio=0.5),
+               row("mixtraining", 0, 0.8, 0.6, mask_ratio=0.75), row("sl", 0, 0.5, 0.5, fraction=0.5),
+               row("mixtraining", 0, 0.6, 0.55, mask_ratio=0.5, fraction=0.5))
+    got = {key["fraction"]: runs for key, runs in comparison_rows(df)}
+    assert list(got[0.5]["mixtraining"]["mask_ratio"]) == [0.5] and list(got[1.0]["mixtraining"]["test_acc"]) == [0.7]
+
+
+def test_comparison_rows__completion_runs_alone_choose_nothing_and_a_group_with_no_finished_run_has_no_rows():
+    ((_, runs),) = comparison_rows(frame(row("sl", 0, 0.5, 0.5), row("mixtraining", 0, 0.8, 0.7, _completion=True)))
+    assert sorted(runs) == ["sl"]
+    failed = frame(row("sl", 0, 0.5, 0.5, completed=False), row("mixtraining", 0, 0.8, 0.7, error="boom"))
+    ((key, runs),) = comparison_rows(failed)
+    assert runs == {} and key["fraction"] == 1.0
+    assert comparison_table(failed).empty and paired_stats(failed).empty
+
+
+def test_comparison_table__groups_in_order_of_their_keys_methods_in_the_papers_order_a_searched_field_aside():
+    seeds = (0, 1)
+    df = frame(*[row(m, s, 0.5, 0.5, fraction=f) for f in (1.0, 0.5) for m in ("ssl_sl", "sl") for s in seeds],
+               *[row("mixtraining", s, v, 0.6, batch_size=b, fraction=f) for f in (1.0, 0.5)
+                 for b, v in ((64, 0.9), (128, 0.8)) for s in seeds])
+    table = comparison_table(df)
+    assert table.attrs["config_keys"] == ["alpha", "rho", "lam", "batch_size"]
+    assert list(zip(table["fraction"], table["method"])) == [
+        (0.5, "sl"), (0.5, "ssl_sl"), (0.5, "mixtraining"), (1.0, "sl"), (1.0, "ssl_sl"), (1.0, "mixtraining")]
+    assert list(table["batch_size"].dropna()) == [64, 64]
+    header = format_table(table).splitlines()[0]
+    assert header.startswith("| fraction | epochs | method |") and header.endswith("| lam | batch_size |")
+
+
 # --- paired statistics ----------------------------------------------------------------------------------------
 
 def baselines_and_mix(diffs_sl):
@@ -182,6 +274,21 @@ def test_paired_stats__one_seed_has_nan_bounds_and_excludes_nothing():
 
 def test_holm__products_above_one_are_capped_at_one():
     assert holm([0.7, 0.9]) == [pytest.approx(1.0), pytest.approx(1.0)]
+
+
+def test_paired_stats__the_confidence_given_is_the_intervals_and_95_percent_by_default():
+    df = baselines_and_mix([0.10, 0.12, 0.15])
+    wide, narrow = paired_stats(df).iloc[0], paired_stats(df, confidence=0.5).iloc[0]
+    assert narrow["ci_high"] - narrow["ci_low"] < wide["ci_high"] - wide["ci_low"]
+    d = pd.Series([0.10, 0.12, 0.15])
+    assert paired_difference(d)["ci_low"] == pytest.approx(paired_difference(d, 0.95)["ci_low"])
+    assert paired_difference(d)["ci_low"] == pytest.approx(0.1233 - 4.303 * 0.02517 / math.sqrt(3), abs=1e-3)
+
+
+def test_paired_stats__marked_only_below_the_family_wise_level_never_at_it():
+    # a mean difference of zero has p = 1 exactly: not marked even at level 1
+    r = paired_stats(baselines_and_mix([0.1, -0.1]), alpha=1.0).iloc[0]
+    assert r["p_holm"] == pytest.approx(1.0) and not r["significant"]
 
 
 # --- text -------------------------------------------------------------------------------------------------------
@@ -251,3 +358,32 @@ def test_format_table__shows_the_configuration_columns_the_table_names():
     table.attrs["config_keys"] = ["rho"]
     header, _, sl, mix = format_table(table).splitlines()
     assert header.endswith("| configs tried | rho |") and mix.endswith("| 1 | 0.5 |") and sl.endswith("|  |  |")
+
+
+def test_confirm_roles__rows_without_the_column_are_the_searchs_own_on_their_own_index():
+    rows = frame(row("sl", 0, 0.5, 0.5), row("sl", 1, 0.5, 0.5)).drop(columns="confirm").set_axis([5, 7])
+    assert confirm_roles(rows).to_dict() == {5: "", 7: ""}
+
+
+def test_format_table__the_default_shows_its_configuration_and_a_tiny_compute_keeps_its_digits():
+    table = comparison_table(confirmed_rows())
+    default = format_table(table).splitlines()[-1]
+    assert default.startswith("| 1 | 10 | MixTraining (default) |") and default.endswith("|  | 0.5 | 0.5 | 0.5 |")
+    tiny = comparison_table(frame(row("sl", 0, 0.5, 0.5, tflop=1.5e-5)))
+    assert "| 1.5e-05 |" in format_table(tiny)
+
+
+def test_format_table_and_paired__a_table_without_its_configuration_keys_shows_the_papers_knobs():
+    table = comparison_table(frame(row("sl", 0, 0.5, 0.5), row("mixtraining", 0, 0.8, 0.7)))
+    table.attrs.clear()
+    assert format_table(table).splitlines()[0].endswith("| configs tried | alpha | rho | lam |")
+
+
+def test_format_paired__names_the_default_and_the_key_that_tells_two_searches_groups_apart():
+    by_search = frame(*[row(m, s, 0.5, 0.5 + (m == "mixtraining") * (0.1 + s / 100), batch_size=b)
+                        for b in (64, 128) for m in ("sl", "mixtraining") for s in (0, 1)])
+    lines = format_paired(paired_stats(by_search.assign(search=["a"] * 4 + ["b"] * 4))).splitlines()
+    assert lines[0].startswith("MixTraining - SL (fraction 1, epochs 10, batch_size 64): +10.50 points")
+    assert lines[1].startswith("MixTraining - SL (fraction 1, epochs 10, batch_size 128): +10.50 points")
+    default = format_paired(paired_stats(confirmed_rows())).splitlines()[3]
+    assert default.startswith("MixTraining (default) - SSL+SL (fraction 1, epochs 10): +5.00 points")

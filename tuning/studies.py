@@ -10,7 +10,8 @@ import optuna
 import pandas as pd
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
-from tuning.summary import CONFIG_KEYS, comparison_keys, config_keys, confirm_roles, format_value, varying_keys
+from tuning.summary import (CONFIG_KEYS, as_text, comparison_keys, config_keys, confirm_roles, format_value,
+                            varying_keys)
 
 IMPORTANCE_MAX_CONFIGS = 500  # fANOVA's forest grows with the configurations: a seeded sample of this many at most
 
@@ -84,7 +85,7 @@ def param_importances(df: pd.DataFrame, seed: int = 0) -> dict[float, dict[str, 
     out = {}
     mix = df[(df["method"] == "mixtraining") & df["completed"] & df["val_acc"].notna() & (confirm_roles(df) == "")]
     for fraction, sub in mix.groupby("fraction"):
-        varied = [p for p in [*config_keys(df), "epochs"] if sub[p].astype(str).nunique() > 1]
+        varied = [p for p in [*config_keys(df), "epochs"] if as_text(sub[p]).nunique() > 1]
         configs = sub.groupby(varied, dropna=False)["val_acc"].mean().reset_index() if varied else sub.iloc[:0]
         if len(configs) < 2:
             continue

@@ -104,7 +104,7 @@ def config_keys(df: pd.DataFrame) -> list[str]:
     by = [k for k in ("search", "fraction", "epochs") if k in mix]
     parts = [sub for _, sub in mix.groupby(by, dropna=False)] if by else [mix]
     varying = {k for sub in parts for k in SEARCHABLE
-               if k in sub and k not in CONFIG_KEYS and sub[k].astype(str).nunique() > 1}
+               if k in sub and k not in CONFIG_KEYS and as_text(sub[k]).nunique() > 1}
     return CONFIG_KEYS + sorted(varying)
 
 
@@ -131,17 +131,26 @@ def choose_best(df: pd.DataFrame, config: list[str] | None = None) -> pd.DataFra
     ran = mixes[~mixes["completion"]]  # a failed run counts as not completed
     if not ran["completed"].any():  # nothing to choose from: no group, the same columns
         return ran.iloc[:0].assign(mean_val=pd.Series(dtype=float), tried=pd.Series(dtype=int))
-    group = comparison_keys(df, config)
+    group = comparison_keys(df, config)  # never empty: the data fields (datasets, fraction) are never searched
     full = ran.groupby(group + config, dropna=False)["completed"].transform("all")
-    some_full = full.groupby([ran[k].astype(str) for k in group]).transform("any") if group else full.any()
+    some_full = full.groupby([as_text(ran[k]) for k in group]).transform("any")
     proper = ran[ran["completed"] & (full | ~some_full)]
     mean = proper.groupby(group + config, dropna=False)["val_acc"].mean().rename("mean_val").reset_index()
     # No validation (--val-frac 0, allowed only where one configuration is tried) ranks below any measured one.
     ranked = mean["mean_val"].fillna(-math.inf)
-    best = mean.loc[ranked.groupby([mean[k] for k in group], dropna=False).idxmax()] if group else \
-        mean.loc[[ranked.idxmax()]]
-    tried = mixes.groupby(group, dropna=False)[config].apply(lambda g: len(g.astype(str).drop_duplicates()))
+    best = mean.loc[ranked.groupby([mean[k] for k in group], dropna=False).idxmax()]
+    tried = mixes.groupby(group, dropna=False)[config].apply(lambda g: len(g.apply(as_text).drop_duplicates()))
     return best.merge(tried.rename("tried").reset_index(), on=group, how="left")
+
+
+def _text(value: Any) -> str:
+    return "nan" if pd.isna(value) else str(value)
+
+
+def as_text(values: pd.Series) -> pd.Series:
+    """Values as text, to tell configurations apart: every missing value (None, NaN) one and the same, never
+    dropped. (`astype(str)` is not this: pandas 3 keeps a missing value missing, and groupby and nunique drop it.)"""
+    return values.map(_text)
 
 
 def confirm_roles(rows: pd.DataFrame) -> pd.Series:
@@ -151,7 +160,7 @@ def confirm_roles(rows: pd.DataFrame) -> pd.Series:
 
 def same_config(rows: pd.DataFrame, best: Mapping[str, Any], config: list[str]) -> pd.Series:
     """Which rows have the configuration `best` (None and NaN equal to themselves)."""
-    return (rows[config].astype(str) == pd.Series({k: str(best[k]) for k in config})).all(axis=1)
+    return (rows[config].apply(as_text) == pd.Series({k: _text(best[k]) for k in config})).all(axis=1)
 
 
 def _per_seed(rows: pd.DataFrame, value: str) -> pd.Series:
@@ -168,7 +177,7 @@ def comparison_rows(df: pd.DataFrame) -> list[tuple[dict, dict[str, pd.DataFrame
     group = comparison_keys(df, config)
     out = []
     for key, sub in df.groupby(group, dropna=False):
-        key = dict(zip(group, key if isinstance(key, tuple) else (key,)))
+        key = dict(zip(group, key))  # a tuple: grouped by a list
         done = sub[sub["completed"] & sub["error"].isna()]
         best = choose_best(sub, config)  # from every run of the group: `tried` counts stopped configurations too
         role = confirm_roles(done)
@@ -302,7 +311,7 @@ def format_table(table: pd.DataFrame) -> str:
             str(r["seeds"]), _num(r["calibrated_time_s"], "{:.1f}"), _num(r["compute_tflop"], "{:.4g}"),
             _num(r["speedup_calibrated_time_s"], "{:.2f}x"), _num(r["speedup_compute_tflop"], "{:.2f}x"),
             _num(r["train_time_s"], "{:.1f}"), str(int(r["tried"])) if mix and r["tried"] == r["tried"] else "",
-            *[format_value(r[k]) if mix else "" for k in config]]
+            *[format_value(r[k]) for k in config]]  # NaN (blank) but for the MixTraining rows
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
