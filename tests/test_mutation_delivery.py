@@ -82,10 +82,28 @@ def test_outage__one_warning_per_outage_naming_its_error_and_one_line_once_all_t
     assert receiver.got == [*notes(7), "m"] and len(lines) == 4
     assert lines[0] == ("the receiver does not answer (connection refused): its operations wait, in order, and are "
                         "retried every 0.01 s")
-    back = re.fullmatch(r"the receiver answers again after (\d+) s: delivered the 7 operation\(s\) that waited", lines[1])
+    back = re.fullmatch(r"the receiver answers again after (\d+) s: delivered the 7 operation\(s\) that waited",
+                        lines[1])
     assert back and int(back.group(1)) < 600
     assert lines[2].startswith("the receiver does not answer (ConnectionError): its operations wait")
     assert re.fullmatch(r"the receiver answers again after \d+ s: delivered the 1 operation\(s\) that waited", lines[3])
+
+
+def test_outage__the_line_once_it_answers_again_counts_what_waited_on_disk_too(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(delivery, "MEMORY_CALLS", 2)
+    monkeypatch.setattr(delivery, "SPILL_CALLS", 2)
+    receiver = Receiver()
+    receiver.down = ConnectionError("refused")
+    q = queue(receiver, storage.Folder(str(tmp_path)))
+    with caplog.at_level(logging.INFO, logger="tuning.delivery"):
+        for text in notes(6):
+            q.put(Note(text))
+        assert q.in_memory == 2  # the other four wait in the journal
+        receiver.down = None
+        assert q.finish(timeout=30) == 0
+    assert receiver.got == notes(6)
+    assert re.fullmatch(r"the fake answers again after \d+ s: delivered the 6 operation\(s\) that waited",
+                        said(caplog)[-1])
 
 
 def test_set_aside__the_warning_names_the_operation_its_errors_first_300_characters_and_where_it_went(tmp_path,
@@ -148,17 +166,17 @@ def test_load__says_what_an_earlier_driver_left_numbers_it_from_one_and_a_retrie
         q = queue(second, folder)
         q.put(Note("b"))
         assert q.finish(timeout=30) == 3
-    assert said(caplog)[0] == ("the fake: 2 operation(s) an earlier driver did not deliver go first (2 of them set aside "
-                               "then, retried once now)")
+    assert said(caplog)[0] == ("the fake: 2 operation(s) an earlier driver did not deliver go first (2 of them set "
+                               "aside then, retried once now)")
     records = [r for r in journal_lines(folder) if "seq" in r]
     assert [(r["seq"], r["op"]["text"], r.get("retry")) for r in records] == [(1, "x", 1), (2, "y", 1), (3, "b", None)]
 
-    third = Receiver()  # compacted once more; x fails again: set aside as retried, never retried after
-    third.refuse = {"x"}
+    third = Receiver()  # compacted once more; x fails again: set aside as retried, never retried after; b fails
+    third.refuse = {"x", "b"}  # for the first time: retried once by the next load
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="tuning.delivery"):
         assert queue(third, folder).finish(timeout=30) == 0
-    assert third.got == ["y", "b"] and said(caplog)[0] == (
+    assert third.got == ["y"] and said(caplog)[0] == (
         "the fake: 3 operation(s) an earlier driver did not deliver go first (0 of them set aside then, retried once "
         "now)")
     fourth = Receiver()
@@ -166,9 +184,11 @@ def test_load__says_what_an_earlier_driver_left_numbers_it_from_one_and_a_retrie
     with caplog.at_level(logging.INFO, logger="tuning.delivery"):
         q = queue(fourth, folder)
         assert q.finish(timeout=30) == 0
-    assert fourth.tries["x"] == 0
-    assert said(caplog, level=logging.WARNING) == [f"the fake: 1 operation(s) failed again when retried; they stay, with their errors, in "
-                            f"{q.dead.folder.uri}"]
+    assert fourth.tries["x"] == 0 and fourth.got == ["b"]
+    assert said(caplog)[0] == ("the fake: 1 operation(s) an earlier driver did not deliver go first (1 of them set "
+                               "aside then, retried once now)")
+    assert said(caplog, level=logging.WARNING) == [
+        f"the fake: 1 operation(s) failed again when retried; they stay, with their errors, in {q.dead.folder.uri}"]
 
 
 # --- memory: byte counts and where the queue spills ------------------------------------------------------------
@@ -187,7 +207,8 @@ def test_memory__the_byte_counts_always_equal_the_records_held(tmp_path, monkeyp
     q = Delivery(lambda op: (checks.append(held_bytes_agree(q)), receiver(op)), is_outage, TYPES)
     q.load(storage.Folder(str(tmp_path)))
     with caplog.at_level(logging.ERROR, logger="tuning.delivery"):
-        for phase, count in (("a", 4), ("b", 9)):  # a: the tail moves up into memory; b: the journal is read back
+        # a: the tail moves up into memory; b: the journal is read back, its last part with the tail in one go
+        for phase, count in (("a", 4), ("b", 8)):
             receiver.down = ConnectionError("refused")
             for text in notes(count, phase):
                 q.put(Note(text))
@@ -195,7 +216,7 @@ def test_memory__the_byte_counts_always_equal_the_records_held(tmp_path, monkeyp
             receiver.down = None
             wait_until(lambda: receiver.got[-1:] == [f"{phase}{count - 1}"])
         assert q.finish(timeout=30) == 0
-    assert receiver.got == notes(4, "a") + notes(9, "b")
+    assert receiver.got == notes(4, "a") + notes(8, "b")
     assert len(checks) > 20 and all(checks) and held_bytes_agree(q)
     assert said(caplog) == []  # nothing missing
 
@@ -384,15 +405,20 @@ def test_journal__a_compactions_leftovers_and_the_segments_before_its_base_are_n
 
 
 @pytest.mark.parametrize("appendable", [True, False])
-def test_journal__each_cursor_resumes_right_after_its_record(tmp_path, appendable):
+def test_journal__each_cursor_resumes_right_after_its_record(tmp_path, appendable, caplog):
     journal = Journal(storage.Folder(str(tmp_path / "j")), appendable=appendable)
     journal.append([json.dumps({"seq": s}) for s in (1, 2, 3)])
     at = journal.append([json.dumps({"seq": s}) for s in (4, 5)])
     assert [r["seq"] for r, _ in journal.read(at)] == [4, 5]
     records = list(journal.read())
     assert [r["seq"] for r, _ in records] == [1, 2, 3, 4, 5]
+    size = len(json.dumps({"seq": 1})) + 1  # a record and its newline
+    second = (0, 3 * size) if appendable else (1, 0)
+    assert [after for _, after in records] == [(0, size), (0, 2 * size), (0, 3 * size),
+                                               (second[0], second[1] + size), (second[0], second[1] + 2 * size)]
     for i, (_, after) in enumerate(records):
         assert [r["seq"] for r, _ in journal.read(after)] == [r["seq"] for r, _ in records[i + 1:]]
+    assert not caplog.records  # no cursor fell inside a record
 
 
 def test_journal__a_damaged_line_is_skipped_with_its_segment_named(tmp_path, caplog):

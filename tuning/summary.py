@@ -304,14 +304,13 @@ def format_table(table: pd.DataFrame) -> str:
     head = keys + ["method", "test accuracy", "n", "time (s, one slot)", "compute (TFLOP)", "speedup (time)",
                    "speedup (compute)", "wall-clock (s)", "configs tried", *config]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in table.to_dict("records"):
-        mix = r["method"] == "mixtraining"
+    for r in table.to_dict("records"):  # `tried` and the configuration are NaN (blank) but on MixTraining's rows
         cells = [_fmt(r[k]) for k in keys] + [
             METHOD_NAMES[r["method"]], _accuracy(r["test_acc_mean"], r["test_acc_std"], r["seeds"]),
             str(r["seeds"]), _num(r["calibrated_time_s"], "{:.1f}"), _num(r["compute_tflop"], "{:.4g}"),
             _num(r["speedup_calibrated_time_s"], "{:.2f}x"), _num(r["speedup_compute_tflop"], "{:.2f}x"),
-            _num(r["train_time_s"], "{:.1f}"), str(int(r["tried"])) if mix and r["tried"] == r["tried"] else "",
-            *[format_value(r[k]) for k in config]]  # NaN (blank) but for the MixTraining rows
+            _num(r["train_time_s"], "{:.1f}"), str(int(r["tried"])) if r["tried"] == r["tried"] else "",
+            *[format_value(r[k]) for k in config]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
