@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pyarrow.fs
 import pytest
 
-from test_delivery import TYPES, Note, Receiver, is_outage, journal_lines, notes, wait_until
+from test_delivery import TYPES, Note, Receiver, is_outage, journal_lines, notes, queue, wait_until
 from trainable import storage
 from tuning import delivery
 from tuning.delivery import Delivery, OpTypes
@@ -30,13 +30,6 @@ def fast(monkeypatch):
 
 def said(caplog, logger="tuning.delivery", level=logging.INFO) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == logger and r.levelno >= level]
-
-
-def queue(receiver, folder=None, name="the fake"):
-    q = Delivery(receiver, is_outage, TYPES, name=name)
-    if folder is not None:
-        q.load(folder)
-    return q
 
 
 def hanging() -> Receiver:
