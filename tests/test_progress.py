@@ -73,7 +73,7 @@ def test_describe__trials_epochs_images_and_time_on_the_slots_and_the_cpu_warnin
                     "slot(s) at most (the scheduler stops some trials early); start-up, evaluation and checkpoints "
                     "add to it")
     assert describe(est, {}, 1, False) == "this search: about 3 trials, 45 epochs, 0.06 M images"
-    assert "--gpus-per-trial 0.25" in paper_setting_on_cpu_warning("vit_tiny", 0)
+    assert "--gpus-per-trial 1 " in paper_setting_on_cpu_warning("vit_tiny", 0)
     assert paper_setting_on_cpu_warning("vit_tiny", 0.25) is None and paper_setting_on_cpu_warning("tiny", 0) is None
 
 

@@ -110,7 +110,7 @@ def describe(est: Estimate, step_seconds: dict[str, float], slots: int, early_st
 def paper_setting_on_cpu_warning(model: str, gpus_per_trial: float) -> str | None:
     if model in PAPER_MODELS and not gpus_per_trial:
         return (f"warning: the paper's {model} on a CPU trains at a few images per second: a search takes days. "
-                f"Give it GPUs (--gpus-per-trial 0.25 on a GPU machine), or try the CPU demo: "
+                f"Give it GPUs (--gpus-per-trial 1 on a GPU machine), or try the CPU demo: "
                 f"--dataset digits --model tiny --epoch-scale 0.2")
     return None
 
