@@ -19,11 +19,15 @@ RUN := PATH="$(abspath $(VENV))/bin:$$PATH" $(PY)
 run: $(STAMP)
 	$(RUN) tuning/search.py --space paper --dataset digits --model tiny --epoch-scale 0.2 --num-samples 12 --confirm-seeds 4
 
+# Two test processes (pytest-xdist): the tests on the session's Ray and MLflow server in one, module by module in
+# both (tests/conftest.py); `$(RUN) -m pytest -q` runs them in one process.
+XDIST := -n 2 --dist loadgroup
+
 test: $(STAMP)
-	$(RUN) -m pytest -q
+	$(RUN) -m pytest -q $(XDIST)
 
 test-fast: $(STAMP)
-	$(RUN) -m pytest -q -m "not slow"
+	$(RUN) -m pytest -q $(XDIST) -m "not slow"
 
 venv: $(STAMP)
 

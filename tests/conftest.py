@@ -23,8 +23,12 @@ SLOW_FIXTURES = {"ray_cluster", "mlflow_server", "mlflow_supervisor", "tracked_s
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        session = SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if session:
             item.add_marker(pytest.mark.slow)
+        # Under `pytest -n 2 --dist loadgroup` (make test): the tests on the session's Ray and MLflow server run in
+        # one worker, so those start once; the others go module by module, so a module's fixtures are made once.
+        item.add_marker(pytest.mark.xdist_group("session-ray-mlflow" if session else item.module.__name__))
 
 
 def small_config(**overrides) -> MixConfig:

@@ -37,6 +37,22 @@ def test_choose_best__on_validation_not_test_among_completed_runs_of_the_search_
     assert len(best) == 1 and best.iloc[0]["alpha"] == 0.1 and best.iloc[0]["tried"] == 4
 
 
+def test_comparison_table__each_group_reports_its_own_choice_with_its_tried_count_and_runs():
+    # Two data fractions (two groups): alpha 0.1 wins on validation at one, alpha 0.9 at the other; the second
+    # group also tried a third configuration. Each row shows its group's choice, tried count and test accuracy.
+    rows = []
+    for fraction, (best, other), tried in ((0.1, (0.1, 0.9), (0.1, 0.9)), (1.0, (0.9, 0.1), (0.1, 0.5, 0.9))):
+        rows += [{**r, "fraction": fraction} for r in BASELINES]
+        for a in tried:
+            rows += [{**row("mixtraining", s, 0.9 if a == best else 0.7, 0.8 if a == best else 0.3, alpha=a),
+                      "fraction": fraction} for s in (0, 1, 2)]
+    table = comparison_table(frame(*rows))
+    mix = table[table["method"] == "mixtraining"].set_index("fraction")
+    assert mix.loc[0.1, "alpha"] == 0.1 and mix.loc[1.0, "alpha"] == 0.9
+    assert (mix.loc[0.1, "tried"], mix.loc[1.0, "tried"]) == (2, 3)
+    assert mix["test_acc_mean"].tolist() == [pytest.approx(0.8)] * 2 and (mix["seeds"] == 3).all()
+
+
 def test_comparison_table__chosen_configuration_over_every_common_seed_including_completed_ones():
     mix = [row("mixtraining", 0, 0.9, 0.70, time=12, tflop=3.0),
            row("mixtraining", 1, 0.2, 0.40, completed=False),  # stopped by the scheduler ...

@@ -101,10 +101,10 @@ def config_keys(df: pd.DataFrame) -> list[str]:
     if "config_keys" in df.attrs:
         return list(df.attrs["config_keys"])
     mix = df[df["method"] == "mixtraining"] if "method" in df else df.iloc[:0]
-    by = [k for k in ("search", "fraction", "epochs") if k in mix]
-    parts = [sub for _, sub in mix.groupby(by, dropna=False)] if by else [mix]
-    varying = {k for sub in parts for k in SEARCHABLE
-               if k in sub and k not in CONFIG_KEYS and as_text(sub[k]).nunique() > 1}
+    by = [mix[k] for k in ("search", "fraction", "epochs") if k in mix]
+    texts = {k: as_text(mix[k]) for k in SEARCHABLE if k in mix and k not in CONFIG_KEYS}
+    varying = {k for k, text in texts.items()
+               if ((text.groupby(by, dropna=False).nunique() if by else pd.Series([text.nunique()])) > 1).any()}
     return CONFIG_KEYS + sorted(varying)
 
 
@@ -175,11 +175,14 @@ def comparison_rows(df: pd.DataFrame) -> list[tuple[dict, dict[str, pd.DataFrame
     ("default"), SL and SSL+SL; the search's own seeds only chose."""
     config = config_keys(df)
     group = comparison_keys(df, config)
+    chosen = choose_best(df, config)  # every group's at once: from all its runs (`tried` counts stopped ones too)
+    chosen_at = {tuple(k): i for i, k in enumerate(chosen[group].apply(as_text).itertuples(index=False))}
     out = []
     for key, sub in df.groupby(group, dropna=False):
         key = dict(zip(group, key))  # a tuple: grouped by a list
         done = sub[sub["completed"] & sub["error"].isna()]
-        best = choose_best(sub, config)  # from every run of the group: `tried` counts stopped configurations too
+        at = chosen_at.get(tuple(_text(key[k]) for k in group))
+        best = chosen.iloc[[at] if at is not None else []]
         role = confirm_roles(done)
         if (role != "").any():
             runs = {"sl": done[(role == BASELINE) & (done["method"] == "sl")],
