@@ -21,6 +21,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no call home from t
 SLOW_FIXTURES = {"ray_cluster", "mlflow_server", "mlflow_supervisor", "tracked_search"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (it names each test by its group then)
 def pytest_collection_modifyitems(items):
     for item in items:
         session = SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))

@@ -65,7 +65,8 @@ def saved_statuses(fs: pyarrow.fs.FileSystem, state_file: str) -> dict[str, str]
         trials = (json.loads(trial_json) for trial_json, _ in state["trial_data"])
         return {t["trial_id"]: t["status"] for t in trials}
     except (OSError, ValueError, KeyError, TypeError) as e:
-        log.info("could not read the experiment state %s: %s", state_file, e)
+        # Expected now and then: Tune rewrites the file in place, and the next check reads it again.
+        log.debug("could not read the experiment state %s: %s", state_file, e)
         return None
 
 
