@@ -104,7 +104,7 @@ def config_keys(df: pd.DataFrame) -> list[str]:
     by = [mix[k] for k in ("search", "fraction", "epochs") if k in mix]
     texts = {k: as_text(mix[k]) for k in SEARCHABLE if k in mix and k not in CONFIG_KEYS}
     varying = {k for k, text in texts.items()
-               if ((text.groupby(by, dropna=False).nunique() if by else pd.Series([text.nunique()])) > 1).any()}
+               if (text.groupby(by, dropna=False).nunique().gt(1).any() if by else text.nunique() > 1)}
     return CONFIG_KEYS + sorted(varying)
 
 
@@ -176,13 +176,12 @@ def comparison_rows(df: pd.DataFrame) -> list[tuple[dict, dict[str, pd.DataFrame
     config = config_keys(df)
     group = comparison_keys(df, config)
     chosen = choose_best(df, config)  # every group's at once: from all its runs (`tried` counts stopped ones too)
-    chosen_at = {tuple(k): i for i, k in enumerate(chosen[group].apply(as_text).itertuples(index=False))}
+    best_of = {tuple(map(_text, best[group])): best for _, best in chosen.iterrows()}
     out = []
     for key, sub in df.groupby(group, dropna=False):
         key = dict(zip(group, key))  # a tuple: grouped by a list
         done = sub[sub["completed"] & sub["error"].isna()]
-        at = chosen_at.get(tuple(_text(key[k]) for k in group))
-        best = chosen.iloc[[at] if at is not None else []]
+        best = best_of.get(tuple(_text(key[k]) for k in group))
         role = confirm_roles(done)
         if (role != "").any():
             runs = {"sl": done[(role == BASELINE) & (done["method"] == "sl")],
@@ -191,9 +190,9 @@ def comparison_rows(df: pd.DataFrame) -> list[tuple[dict, dict[str, pd.DataFrame
         else:
             runs = {m: done[done["method"] == m] for m in ("sl", "ssl_sl")}
             mix = done[done["method"] == "mixtraining"]
-            runs["mixtraining"] = mix[same_config(mix, best.iloc[0], config)] if not best.empty else mix.iloc[:0]
-        if not best.empty:
-            runs["mixtraining"] = runs["mixtraining"].assign(tried=best.iloc[0]["tried"])
+            runs["mixtraining"] = mix[same_config(mix, best, config)] if best is not None else mix.iloc[:0]
+        if best is not None:
+            runs["mixtraining"] = runs["mixtraining"].assign(tried=best["tried"])
         runs = {m: r for m, r in runs.items() if not r.empty}
         common = set.intersection(*(set(r["seed"]) for r in runs.values())) if runs else set()
         key["confirmed"] = bool((role != "").any())
